@@ -1,0 +1,5 @@
+"""`python -m dllm_peft` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,250 @@
+"""The adapter framework: a config base class, the layer that wraps a linear layer, and inject / unload.
+
+Wrap, don't subclass (as PEFT's tuners do): an adapter layer keeps the original `nn.Linear` as `base_layer` and adds
+a method-specific update, so any backbone works. `inject` walks `named_modules()`, swaps each target linear for its
+wrapper and freezes everything else; `unload` puts the original module objects back, so the base is restored bit
+for bit. Adapter parameters are found by module type (`AdapterLayer`) and by the shared `NoiseRouter`, never by name.
+
+Target matching (the fix for PEFT silently ignoring typos): a target matches a module whose full name equals it,
+ends with "." + target, or fully matches it as a regular expression. A target that matches no linear layer is an
+error listing the model's linear-layer names. The LM head is adapted only when a target names it beyond its last
+component (LLaDA's head `model.transformer.ff_out` shares the suffix `ff_out` with every block's MLP projection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
+from ..errors import DllmPeftError
+
+CONFIG_ATTRIBUTE = "dllm_peft_config"
+_FROZEN_FLAGS_ATTRIBUTE = "_dllm_peft_requires_grad"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Fields shared by the low-rank family. Each method subclasses it and sets `method`."""
+
+    method: ClassVar[str] = ""
+
+    rank: int = dataclasses.field(default=32, metadata={"help": "Rank r of the low-rank update."})
+    scale: float = dataclasses.field(default=1.0, metadata={"help": "Scale s of the update (PEFT's alpha / r)."})
+    dropout: float = dataclasses.field(default=0.05, metadata={"help": "Dropout on the adapter input."})
+    target_modules: tuple[str, ...] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Linear layers to adapt (name suffixes or regexes); default: the backbone's own list."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise DllmPeftError(f"rank must be a positive integer, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise DllmPeftError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+            if not self.target_modules:
+                raise DllmPeftError("target_modules is empty; name at least one linear layer or leave it unset")
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)
+        return {"method": self.method, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - {"method"})
+        if unknown:
+            raise DllmPeftError(f"{cls.method} adapters have no setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: _tuples(v) for k, v in values.items() if k in known})
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+class AdapterLayer(nn.Module):
+    """A linear layer plus a trainable update: `y = base_layer(x) + delta(x)`.
+
+    Subclasses implement `delta`, `delta_weight` (the dense update ΔW at a noise level, for merge and inspect) and
+    optionally `build_shared` (modules every layer shares through the router, e.g. NaRA's hypernetwork).
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig, name: str, router: NoiseRouter | None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.config = config
+        self.module_name = name
+        # A plain attribute, not a submodule: the router is registered once, on the model root.
+        object.__setattr__(self, "router", router)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.adapter_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    @classmethod
+    def build_shared(cls, config: AdapterConfig, module_names: list[str]) -> dict[str, nn.Module]:
+        """Modules shared by all adapted layers, registered in the router (none for plain LoRA)."""
+        return {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.delta(x).to(x.dtype)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self, noise_level: float | None = None) -> torch.Tensor:
+        """ΔW of shape (out_features, in_features) at `noise_level` (ignored by noise-agnostic methods)."""
+        raise NotImplementedError
+
+    def adapter_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """(name, tensor) for every adapter-owned parameter and buffer, the wrapped base layer excluded."""
+        for name, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            if not name.startswith("base_layer."):
+                yield name, tensor
+
+
+# -- target matching ----------------------------------------------------------------------------------------------
+def _matches(target: str, name: str) -> bool:
+    if name == target or name.endswith("." + target):
+        return True
+    try:
+        return re.fullmatch(target, name) is not None
+    except re.error:
+        return False
+
+
+def output_head_name(model: nn.Module) -> str | None:
+    """Full module name of the LM head, found by identity through `get_output_embeddings` when available."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if head is not None:
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    names = [name for name, _ in model.named_modules()]
+    for candidate in ("lm_head", "model.transformer.ff_out", "transformer.ff_out"):
+        if candidate in names:
+            return candidate
+    return None
+
+
+def _names_head_explicitly(target: str, head: str) -> bool:
+    return target == head or ("." in target and head.endswith("." + target))
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def resolve_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """Full names of the linear layers selected by `targets`; raises for targets that select nothing."""
+    targets = list(targets)
+    head = output_head_name(model)
+    linears = linear_layer_names(model)
+    chosen: list[str] = []
+    unmatched = []
+    for target in targets:
+        hits = [
+            name
+            for name in linears
+            if _matches(target, name) and (name != head or _names_head_explicitly(target, head))
+        ]
+        if not hits:
+            unmatched.append(target)
+        chosen.extend(hit for hit in hits if hit not in chosen)
+    if unmatched:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        raise DllmPeftError(
+            f"target module(s) {unmatched} match no linear layer of this model; "
+            f"its linear layers end in: {', '.join(suffixes)}"
+        )
+    return [name for name in linears if name in chosen]
+
+
+# -- inject / unload ----------------------------------------------------------------------------------------------
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def inject(
+    model: nn.Module, config: AdapterConfig, layer_class: type[AdapterLayer], default_targets: Iterable[str] = ()
+) -> list[str]:
+    """Wrap the target linear layers of `model` in place and freeze everything but the adapter.
+
+    Returns:
+        The full names of the adapted modules.
+    """
+    if adapter_layers(model) or find_router(model) is not None:
+        raise DllmPeftError("this model already carries an adapter; unload it before injecting another")
+    targets = config.target_modules or tuple(default_targets)
+    if not targets:
+        raise DllmPeftError("no target modules given and the backbone has no default; pass --targets")
+    names = resolve_targets(model, targets)
+    setattr(model, _FROZEN_FLAGS_ATTRIBUTE, {n: p.requires_grad for n, p in model.named_parameters()})
+    model.requires_grad_(False)
+
+    shared = layer_class.build_shared(config, names)
+    router = None
+    if shared:
+        router = NoiseRouter()
+        for key, module in shared.items():
+            router.shared[key] = module
+        device = next(model.parameters()).device
+        model.add_module(ROUTER_ATTRIBUTE, router.to(device))
+    for name in names:
+        parent, child = _parent(model, name)
+        base = getattr(parent, child)
+        layer = layer_class(base, config, name, router)
+        layer.to(device=base.weight.device)
+        setattr(parent, child, layer)
+    object.__setattr__(model, CONFIG_ATTRIBUTE, config)
+    return names
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig | None:
+    return getattr(model, CONFIG_ATTRIBUTE, None)
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter tensor (parameters and buffers, the router's included), keyed by its full name."""
+    state: dict[str, torch.Tensor] = {}
+    for module_name, layer in adapter_layers(model).items():
+        for name, tensor in layer.adapter_parameters():
+            state[f"{module_name}.{name}"] = tensor
+    router = find_router(model)
+    if router is not None:
+        for name, tensor in [*router.named_parameters(), *router.named_buffers()]:
+            state[f"{ROUTER_ATTRIBUTE}.{name}"] = tensor
+    return state
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove every adapter: the original module objects and their requires_grad flags come back untouched."""
+    for name, layer in adapter_layers(model).items():
+        parent, child = _parent(model, name)
+        setattr(parent, child, layer.base_layer)
+    if find_router(model) is not None:
+        delattr(model, ROUTER_ATTRIBUTE)
+    flags = getattr(model, _FROZEN_FLAGS_ATTRIBUTE, None)
+    if flags is not None:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags.get(name, param.requires_grad))
+        delattr(model, _FROZEN_FLAGS_ATTRIBUTE)
+    if hasattr(model, CONFIG_ATTRIBUTE):
+        object.__delattr__(model, CONFIG_ATTRIBUTE)
+    return model

@@ -1,0 +1,37 @@
+"""LoRA (Hu et al., 2021): a static low-rank update ΔW = s · B A, the baseline every other method is measured against.
+
+A (r × in) starts Kaiming-uniform (a = √5), B (out × r) starts at zero, so a fresh adapter leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from .base import AdapterConfig, AdapterLayer
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig(AdapterConfig):
+    method = "lora"
+
+
+class LoraLayer(AdapterLayer):
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig, name: str, router=None):
+        super().__init__(base_layer, config, name, router)
+        self.lora_A = nn.Parameter(torch.empty(config.rank, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def project_down(self, x: torch.Tensor) -> torch.Tensor:
+        """A · dropout(x): (..., in) → (..., r), computed in the adapter's dtype."""
+        return self.adapter_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self.config.scale * (self.project_down(x) @ self.lora_B.T)  # (..., out)
+
+    def delta_weight(self, noise_level: float | None = None) -> torch.Tensor:
+        return self.config.scale * (self.lora_B @ self.lora_A)  # (out, in)

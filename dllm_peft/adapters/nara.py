@@ -1,0 +1,180 @@
+"""NaRA — Noise-aware Low-Rank Adaptation (Wang, Zhuang, Huang, Zhang; ICML 2026, arXiv 2605.29716).
+
+ΔW(λ) = s · B · C(λ) · A with an r × r core C(λ) = I_r + η · reshape(F(e(λ)), r, r), where λ is the noise level (the
+masked fraction, see `conditioning.py`), e is a noise embedding and F a small hypernetwork shared by every adapted
+module of every layer. F's last layer starts at zero, so C = I at step 0 and NaRA starts exactly as LoRA.
+
+Defaults follow the authors' released recipes (`method-facts.md`): η = 0.1, s = 1.0, dropout 0.05, a 64-d Gaussian
+Fourier embedding with σ = 16 (no 2π factor), F = Linear(64→256) → SiLU → Linear(256→512) → SiLU → Linear(512→r²).
+Differences from the reference, on purpose: C is computed per sample, shape (B, r, r), so batches may mix noise
+levels (the reference supports batch size 1 only); F always runs in float32, also under autocast.
+
+NaRA-C (the paper's ablation) replaces C(λ) by a learned constant I + η · P with P starting at zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import DllmPeftError
+from .base import AdapterConfig, _matches
+from .lora import LoraLayer
+
+EMBEDDINGS = ("fourier", "mlp", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class NaraCConfig(AdapterConfig):
+    method = "nara-c"
+    constant_core: ClassVar[bool] = True
+
+    eta: float = dataclasses.field(default=0.1, metadata={"help": "Scale η of the core's deviation from I."})
+    groups: tuple[tuple[str, ...], ...] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Module groups that each get their own core, e.g. ((q_proj, k_proj), (v_proj, attn_out))."},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NaraConfig(NaraCConfig):
+    method = "nara"
+    constant_core: ClassVar[bool] = False
+
+    embedding: str = dataclasses.field(default="fourier", metadata={"help": "Noise embedding: fourier, mlp or raw."})
+    embedding_dim: int = dataclasses.field(default=64, metadata={"help": "Width of the noise embedding."})
+    fourier_sigma: float = dataclasses.field(default=16.0, metadata={"help": "σ of the Fourier frequencies."})
+    hidden_sizes: tuple[int, ...] = dataclasses.field(
+        default=(256, 512), metadata={"help": "Hidden widths of the hypernetwork F."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embedding not in EMBEDDINGS:
+            raise DllmPeftError(f"unknown NaRA embedding {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+        if self.embedding == "fourier" and self.embedding_dim % 2:
+            raise DllmPeftError(f"the Fourier embedding needs an even embedding_dim, got {self.embedding_dim}")
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
+
+# -- noise embeddings e(λ): (B,) → (B, d) -------------------------------------------------------------------------
+class FourierEmbedding(nn.Module):
+    """[sin(λ·W), cos(λ·W)] with W ~ N(0, σ²) fixed; the buffer is saved with the adapter."""
+
+    def __init__(self, dim: int, sigma: float):
+        super().__init__()
+        self.register_buffer("frequencies", torch.randn(dim // 2) * sigma)
+
+    def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
+        angles = noise_level[:, None] * self.frequencies[None, :]  # (B, d/2)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # (B, d)
+
+
+class MlpEmbedding(nn.Sequential):
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(1, dim), nn.SiLU())
+
+    def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
+        return super().forward(noise_level[:, None])
+
+
+class RawEmbedding(nn.Module):
+    def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
+        return noise_level[:, None]  # (B, 1)
+
+
+# -- cores ----------------------------------------------------------------------------------------------------------
+class NoiseCore(nn.Module):
+    """C(λ) = I + η · reshape(F(e(λ)), r, r): (B,) → (B, r, r), in float32 whatever the autocast state."""
+
+    needs_noise_level = True
+
+    def __init__(self, config: NaraConfig):
+        super().__init__()
+        self.rank, self.eta = config.rank, config.eta
+        if config.embedding == "fourier":
+            self.embedding: nn.Module = FourierEmbedding(config.embedding_dim, config.fourier_sigma)
+            width = config.embedding_dim
+        elif config.embedding == "mlp":
+            self.embedding, width = MlpEmbedding(config.embedding_dim), config.embedding_dim
+        else:
+            self.embedding, width = RawEmbedding(), 1
+        layers: list[nn.Module] = []
+        for hidden in config.hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        last = nn.Linear(width, config.rank * config.rank)
+        nn.init.zeros_(last.weight)  # identity-plus-deviation: C = I at step 0
+        nn.init.zeros_(last.bias)
+        self.hypernetwork = nn.Sequential(*layers, last)
+
+    def forward(self, noise_level: torch.Tensor | None) -> torch.Tensor:
+        if noise_level is None:
+            raise DllmPeftError("NaRA's core needs a noise level")
+        device = self.hypernetwork[-1].weight.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            features = self.embedding(noise_level.to(device=device, dtype=torch.float32))  # (B, d)
+            deviation = self.hypernetwork(features.float()).view(-1, self.rank, self.rank)  # (B, r, r)
+        identity = torch.eye(self.rank, device=device, dtype=deviation.dtype)
+        return identity + self.eta * deviation
+
+
+class ConstantCore(nn.Module):
+    """NaRA-C: C = I + η · P, learned, the same at every noise level. Returns (1, r, r)."""
+
+    needs_noise_level = False
+
+    def __init__(self, config: NaraCConfig):
+        super().__init__()
+        self.eta = config.eta
+        self.deviation = nn.Parameter(torch.zeros(config.rank, config.rank))
+
+    def forward(self, noise_level: torch.Tensor | None = None) -> torch.Tensor:
+        identity = torch.eye(self.deviation.shape[0], device=self.deviation.device)
+        return (identity + self.eta * self.deviation)[None]  # (1, r, r)
+
+
+def group_key(config: NaraCConfig, module_name: str) -> str:
+    """The router key of the core that module `module_name` uses ("shared" unless `groups` is set)."""
+    if config.groups is None:
+        return "shared"
+    for index, group in enumerate(config.groups):
+        if any(_matches(target, module_name) for target in group):
+            return f"group{index}"
+    raise DllmPeftError(f"module {module_name!r} belongs to no NaRA group; add its name to one of the groups")
+
+
+class NaraLayer(LoraLayer):
+    """y = W0 x + s · B (C(λ) (A x)) with C read from the router, per sample."""
+
+    @classmethod
+    def build_shared(cls, config: NaraCConfig, module_names: list[str]) -> dict[str, nn.Module]:
+        keys = sorted({group_key(config, name) for name in module_names})
+        core = ConstantCore if config.constant_core else NoiseCore
+        return {key: core(config) for key in keys}
+
+    def __init__(self, base_layer: nn.Linear, config: NaraCConfig, name: str, router):
+        super().__init__(base_layer, config, name, router)
+        self.core_key = group_key(config, name)
+
+    def core(self, batch_size: int) -> torch.Tensor:
+        """C(λ) for the current forward: (B or 1, r, r)."""
+        return self.router.derived(self.core_key, batch_size)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.project_down(x)  # (B, ..., r)
+        flat = down.reshape(down.shape[0], -1, down.shape[-1])  # (B, N, r)
+        core = self.core(flat.shape[0]).to(flat.dtype)  # (B or 1, r, r)
+        mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # row-vector form of C · (A x)
+        return self.config.scale * (mixed @ self.lora_B.T)  # (B, ..., out)
+
+    def delta_weight(self, noise_level: float | None = None) -> torch.Tensor:
+        module = self.router.shared[self.core_key]
+        if module.needs_noise_level and noise_level is None:
+            raise DllmPeftError("NaRA's update depends on the noise level; choose one with --noise-level")
+        level = None if noise_level is None else torch.tensor([float(noise_level)])
+        core = module(level)[0].to(self.lora_B.dtype)  # (r, r)
+        return self.config.scale * (self.lora_B @ core @ self.lora_A)  # (out, in)
