@@ -62,3 +62,40 @@ class TrainConfig:
         if not self.targets:
             return None
         return tuple(name.strip() for name in self.targets.split(",") if name.strip())
+
+
+REMASKING = ("low_confidence", "random")
+CACHES = ("none", "prefix", "dual")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Settings of the masked-diffusion sampler (LLaDA `generate.py` semantics, Fast-dLLM extensions)."""
+
+    gen_length: int = option(64, "Tokens to generate per prompt.")
+    steps: int = option(64, "Denoising steps in total (split evenly across blocks).")
+    block_length: int = option(64, "Block length of semi-autoregressive decoding (gen_length = one block).")
+    remasking: str = option("low_confidence", "Which masked tokens to commit: low_confidence or random.")
+    temperature: float = option(0.0, "Gumbel-max sampling temperature (0 = greedy).")
+    cfg_scale: float = option(0.0, "Classifier-free guidance scale (0 = off).")
+    threshold: float | None = option(None, "Fast-dLLM: commit every token whose confidence exceeds this.")
+    cache: str = option("none", "KV cache: none, prefix or dual (Fast-dLLM).")
+
+    def __post_init__(self) -> None:
+        if self.gen_length < 1 or self.steps < 1 or self.block_length < 1:
+            raise DllmPeftError("--gen-length, --steps and --block-length must be at least 1")
+        if self.gen_length % self.block_length:
+            raise DllmPeftError(
+                f"--gen-length {self.gen_length} is not divisible by --block-length {self.block_length}"
+            )
+        blocks = self.gen_length // self.block_length
+        if self.steps < blocks or self.steps % blocks:
+            raise DllmPeftError(f"--steps {self.steps} must be a positive multiple of the {blocks} block(s)")
+        if self.remasking not in REMASKING:
+            raise DllmPeftError(f"unknown --remasking {self.remasking!r}; choose {' or '.join(REMASKING)}")
+        if self.cache not in CACHES:
+            raise DllmPeftError(f"unknown --cache {self.cache!r}; choose one of: {', '.join(CACHES)}")
+        if self.temperature < 0:
+            raise DllmPeftError(f"--temperature must be at least 0, got {self.temperature}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise DllmPeftError(f"--threshold must lie in (0, 1], got {self.threshold}")

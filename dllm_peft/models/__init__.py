@@ -40,10 +40,37 @@ def tiny_llada(seed: int = 0, **overrides) -> Backbone:
 BUILTIN_MODELS = {"tiny-llada": tiny_llada}
 
 
-def load_backbone(name_or_path: str) -> Backbone:
-    """The backbone called `name_or_path` (a built-in name for now; checkpoints on disk come with issue 4)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DllmPeftError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU that supports it, float32 elsewhere (CPU kernels for half types are slow)."""
+    if dtype == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise DllmPeftError(f"unknown --dtype {dtype!r}; choose auto or one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_backbone(
+    name_or_path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+) -> Backbone:
+    """The backbone called `name_or_path`, on `device` in `dtype` (checkpoints on disk come with issue 4)."""
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
     if name_or_path in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name_or_path]()
+        backbone = BUILTIN_MODELS[name_or_path]()
+        backbone.model.to(device=target_device, dtype=target_dtype)
+        return backbone
     raise DllmPeftError(f"unknown model {name_or_path!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
 
 

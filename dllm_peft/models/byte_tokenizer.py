@@ -6,6 +6,10 @@ token ids), so the rest of the code never asks which kind of tokenizer it holds.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+TOKENIZER_FILE = "byte_tokenizer.json"  # marks a checkpoint directory whose tokenizer is this class
 SPECIAL_TOKENS = ("<|eos|>", "<|mdm_mask|>", "<|start|>", "<|sep|>")
 
 
@@ -34,3 +38,16 @@ class ByteTokenizer:
                 pieces.append(SPECIAL_TOKENS[token - 256])
         pieces.append(run.decode("utf-8", errors="replace"))
         return "".join(pieces)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the marker file that `load_backbone` recognises."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        record = {"tokenizer_class": "ByteTokenizer", "special_tokens": list(SPECIAL_TOKENS)}
+        (Path(directory) / TOKENIZER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ByteTokenizer:
+        record = json.loads((Path(directory) / TOKENIZER_FILE).read_text())
+        if record.get("special_tokens") != list(SPECIAL_TOKENS):
+            raise ValueError(f"{directory} holds a byte tokenizer with other special tokens")
+        return cls()
