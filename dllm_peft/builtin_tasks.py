@@ -1,7 +1,11 @@
 """Small fine-tuning tasks generated in code, so `dllm-peft train` works on a fresh machine with no download.
 
 Each task is a deterministic function of (split, count): the train and test splits draw from disjoint seeds, and every
-record is `{"prompt", "response", "answer"}` where `answer` is what the evaluator compares against.
+record is `{"prompt", "response", "answer"}` where `answer` is what the evaluator compares against (exact match).
+
+The default task is `uppercase`. The default model `dllm-tiny` was pretrained on Shakespeare plus the `repeat`,
+`reverse` and `addition` records (`benchmarks/default_model/build.py`): it knows the `...\nAnswer:` format and can copy
+words, but has never seen `uppercase`, so it starts near 0 % and an adapter has a real skill to learn.
 """
 
 from __future__ import annotations
@@ -29,15 +33,36 @@ def _reverse(rng: random.Random) -> dict[str, str]:
     return {"prompt": f"Reverse: {word}\nAnswer:", "response": f" {word[::-1]}", "answer": word[::-1]}
 
 
+def _repeat(rng: random.Random) -> dict[str, str]:
+    words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+    return {"prompt": f"Repeat: {words}\nAnswer:", "response": f" {words}", "answer": words}
+
+
 def _addition(rng: random.Random) -> dict[str, str]:
     a, b = rng.randint(0, 49), rng.randint(0, 49)
     return {"prompt": f"Question: {a} + {b} = ?\nAnswer:", "response": f" {a + b}", "answer": str(a + b)}
+
+
+CATEGORIES = {
+    "animal": "cat dog horse tiger lion mouse sheep goat bear wolf".split(),
+    "colour": "red blue green yellow purple black white brown pink grey".split(),
+    "fruit": "apple pear grape lemon cherry peach plum melon banana mango".split(),
+    "tool": "hammer saw drill knife spade axe wrench chisel ladder rake".split(),
+}
+
+
+def _category(rng: random.Random) -> dict[str, str]:
+    category = rng.choice(list(CATEGORIES))
+    word = rng.choice(CATEGORIES[category])
+    return {"prompt": f"Category: {word}\nAnswer:", "response": f" {category}", "answer": category}
 
 
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
     "uppercase": _uppercase,
     "reverse": _reverse,
     "addition": _addition,
+    "repeat": _repeat,
+    "category": _category,
 }
 DEFAULT_TASK = "uppercase"
 

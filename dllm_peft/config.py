@@ -26,36 +26,83 @@ DEFAULT_MODEL = "tiny-llada"
 DEFAULT_DATA = "builtin:uppercase"
 
 
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_NOISE_LEVELS = "0.1,0.3,0.5,0.7,0.9"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """A training run. `recipes.resolve_train_config` layers defaults < --recipe < --config file < explicit flags."""
+
     method: str = option("nara", "Adapter method (see `dllm-peft train --help` for the list).")
     model: str = option(DEFAULT_MODEL, "Base model: a built-in name or a local checkpoint directory.")
-    data: str = option(DEFAULT_DATA, "Training data: a .jsonl/.json file or builtin:<task>.")
-    output: str = option("out", "Directory the adapter is written to.")
-    max_steps: int = option(200, "Optimizer steps to run.")
+    data: str = option(
+        DEFAULT_DATA, "Training data: a .jsonl/.json file, a datasets directory, a hub dataset name or builtin:<task>."
+    )
+    output: str = option("out", "Directory the adapter, checkpoints and metrics.jsonl are written to.")
+    recipe: str | None = option(None, "Preset of the reference hyperparameters; explicit flags override it.")
+    config: str | None = option(None, "YAML or TOML file of settings (keys = these flag names); flags override it.")
+    max_steps: int | None = option(200, "Optimizer steps to run (with --epochs: an upper bound).")
+    epochs: float | None = option(None, "Passes over the training data; sets the number of steps.")
+    lr: float = option(1e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
+    batch_size: int = option(8, "Examples per micro-batch (padded with EOS).")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (per process).")
     rank: int = option(32, "Adapter rank r.")
     eta: float = option(0.1, "NaRA: scale η of the core's deviation from the identity.")
     dropout: float = option(0.05, "Dropout on the adapter input.")
     targets: str | None = option(None, "Comma-separated target modules (suffixes or regexes); default: the model's.")
-    lr: float = option(1e-3, "Peak learning rate of AdamW (linear schedule, 5% warm-up).")
-    batch_size: int = option(8, "Examples per micro-batch.")
-    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     max_length: int = option(256, "Longest prompt + response, in tokens.")
     overlong: str = option("drop", "What to do with longer examples: drop or truncate (always reported).")
+    padding: str = option("longest", "Pad each batch with EOS to the longest example, or to --max-length (reference).")
+    chat_template: str = option("auto", "auto: put the prompt through the tokenizer's chat template if it has one; none.")
     prompt_field: str = option("prompt", "Field holding the prompt in the data records.")
     response_field: str = option("response", "Field holding the response in the data records.")
-    seed: int = option(0, "Random seed (data order, masking, adapter init).")
-    overwrite: bool = option(False, "Replace an adapter already in --output.")
+    val_data: str | None = option(
+        None, "Held-out data like --data; default: the data's validation split, else --val-size examples of --data."
+    )
+    val_size: int = option(32, "Validation examples (0 = no validation); at most a tenth of --data is held out.")
+    val_noise_levels: str = option(DEFAULT_NOISE_LEVELS, "Noise levels λ at which the validation loss is also reported.")
+    eval_every: int = option(100, "Validate every N steps (and before the first and after the last; 0 = only those).")
+    save_every: int = option(500, "Write a resumable checkpoint every N steps (0 = only on Ctrl-C).")
+    keep_checkpoints: int = option(2, "How many of the newest checkpoints to keep.")
+    resume: bool = option(False, "Continue the run in --output from its newest checkpoint.")
+    overwrite: bool = option(False, "Replace the adapter or run already in --output.")
+    precision: str = option("auto", "Autocast: auto (bf16, else fp16, on CUDA; fp32 on CPU), fp32, bf16 or fp16.")
+    dtype: str = option("auto", "dtype of the frozen base: auto, float32, bfloat16 or float16 (adapters stay float32).")
+    device: str = option("auto", "Device: auto, cpu or cuda (under `accelerate launch`: each process's own GPU).")
+    trust_remote_code: bool = option(False, "Allow running the model code a checkpoint ships (a security risk).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward: less memory, about 30% slower.")
+    seed: int = option(0, "Random seed (data order, masking, dropout, adapter init).")
 
     def __post_init__(self) -> None:
         get_method(self.method)  # an unknown name fails here, listing the known ones
-        if self.overlong not in ("drop", "truncate"):
-            raise DllmPeftError(f"--overlong must be drop or truncate, got {self.overlong!r}")
-        for name in ("max_steps", "rank", "batch_size", "grad_accum", "max_length"):
+        choices = {
+            "overlong": ("drop", "truncate"),
+            "padding": ("longest", "max_length"),
+            "chat_template": ("auto", "none"),
+            "precision": TRAIN_PRECISIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                flag = "--" + name.replace("_", "-")
+                raise DllmPeftError(f"{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("rank", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise DllmPeftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_size", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise DllmPeftError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        if self.max_steps is None and self.epochs is None:
+            raise DllmPeftError("neither --max-steps nor --epochs is set; give one of them the length of the run")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise DllmPeftError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise DllmPeftError(f"--epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             raise DllmPeftError(f"--lr must be positive, got {self.lr}")
+        if self.resume and self.overwrite:
+            raise DllmPeftError("--resume continues the run in --output and --overwrite replaces it; pass only one")
+        self.noise_levels  # parses, or names the bad value
 
     @property
     def target_modules(self) -> tuple[str, ...] | None:
@@ -63,9 +110,23 @@ class TrainConfig:
             return None
         return tuple(name.strip() for name in self.targets.split(",") if name.strip())
 
+    @property
+    def noise_levels(self) -> tuple[float, ...]:
+        """The fixed validation noise levels, each in (0, 1]."""
+        try:
+            levels = tuple(float(part) for part in self.val_noise_levels.split(",") if part.strip())
+        except ValueError:
+            levels = ()
+        if not levels or not all(0 < level <= 1 for level in levels):
+            raise DllmPeftError(
+                f"--val-noise-levels {self.val_noise_levels!r} must be comma-separated numbers in (0, 1], e.g. 0.1,0.5"
+            )
+        return levels
+
 
 REMASKING = ("low_confidence", "random")
 CACHES = ("none", "prefix", "dual")
+EOS_SUPPRESSION = ("none", "logits", "confidence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +139,20 @@ class SamplerConfig:
     remasking: str = option("low_confidence", "Which masked tokens to commit: low_confidence or random.")
     temperature: float = option(0.0, "Gumbel-max sampling temperature (0 = greedy).")
     cfg_scale: float = option(0.0, "Classifier-free guidance scale (0 = off).")
-    threshold: float | None = option(None, "Fast-dLLM: commit every token whose confidence exceeds this.")
+    threshold: float | None = option(
+        None, "Fast-dLLM: commit every token whose confidence exceeds this, at least one per step (--steps unused)."
+    )
     cache: str = option("none", "KV cache: none, prefix or dual (Fast-dLLM).")
+    cache_refresh: int = option(
+        0, "With --cache: recompute the cached K/V every N steps inside a block (0 = at block starts only)."
+    )
+    entropy_bound: float | None = option(
+        None, "EB-sampler: commit the lowest-entropy tokens while Σ entropy − max entropy ≤ this (--steps unused)."
+    )
+    eos_suppression: str = option(
+        "none", "none; logits (EOS/EoT are never generated); confidence (EOS/EoT are committed last in a block)."
+    )
+    stop_at_eos: bool = option(True, "Stop a sequence once a finished block holds EOS/EoT; the rest becomes EOS.")
 
     def __post_init__(self) -> None:
         if self.gen_length < 1 or self.steps < 1 or self.block_length < 1:
@@ -99,3 +172,151 @@ class SamplerConfig:
             raise DllmPeftError(f"--temperature must be at least 0, got {self.temperature}")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise DllmPeftError(f"--threshold must lie in (0, 1], got {self.threshold}")
+        if self.cache_refresh < 0:
+            raise DllmPeftError(f"--cache-refresh must be at least 0, got {self.cache_refresh}")
+        if self.entropy_bound is not None and not self.entropy_bound > 0:
+            raise DllmPeftError(f"--entropy-bound must be positive, got {self.entropy_bound}")
+        if self.entropy_bound is not None and self.threshold is not None:
+            raise DllmPeftError("--threshold and --entropy-bound are two different samplers; pass only one of them")
+        if self.eos_suppression not in EOS_SUPPRESSION:
+            raise DllmPeftError(
+                f"unknown --eos-suppression {self.eos_suppression!r}; choose one of: {', '.join(EOS_SUPPRESSION)}"
+            )
+
+
+def _check_noise_level(noise_level: float | None) -> None:
+    if noise_level is not None and not 0.0 <= noise_level <= 1.0:
+        raise DllmPeftError(f"--noise-level must lie in [0, 1] (the masked fraction), got {noise_level}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeConfig:
+    adapter: str = option("out", "Adapter to merge: its directory or its .safetensors file.")
+    model: str | None = option(None, "Base model; default: the one recorded in the adapter.")
+    output: str = option("merged", "Directory the merged checkpoint (sharded safetensors, config, tokenizer) goes to.")
+    noise_level: float | None = option(None, "λ in [0, 1] at which a noise-dependent adapter (NaRA) is merged.")
+    dtype: str = option("auto", "dtype the base is loaded and saved in: auto, float32, bfloat16 or float16.")
+    device: str = option("auto", "Device the merge runs on: auto, cpu or cuda.")
+    max_shard_size: str = option("5GB", "Largest safetensors shard of the checkpoint, e.g. 2GB or 500MB.")
+    overwrite: bool = option(False, "Replace what --output already holds.")
+
+    def __post_init__(self) -> None:
+        _check_noise_level(self.noise_level)
+
+
+EXPORT_FORMATS = ("peft",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    adapter: str = option("out", "Adapter to export: its directory or its .safetensors file.")
+    format: str = option("peft", "Target format: peft (a stock PEFT LoRA adapter directory).")
+    noise_level: float | None = option(None, "λ in [0, 1] at which a noise-dependent adapter (NaRA) is exported.")
+    output: str = option("peft-adapter", "Directory the exported adapter goes to.")
+    overwrite: bool = option(False, "Replace what --output already holds.")
+
+    def __post_init__(self) -> None:
+        _check_noise_level(self.noise_level)
+        if self.format not in EXPORT_FORMATS:
+            raise DllmPeftError(f"unknown --format {self.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    adapter: str = option("out", "Adapter to inspect: its directory or its .safetensors file alone.")
+    levels: int = option(11, "Number of noise levels λ on an even grid from 0 to 1.")
+    model: str | None = option(
+        None, "Base model to load: adds its parameter count; needed by methods whose update reads the base weights."
+    )
+    plot: str | None = option(None, "Write a PNG here: norms vs λ per module type and a layer × λ heat map.")
+    json: bool = option(False, "Print the report as JSON instead of tables.")
+
+    def __post_init__(self) -> None:
+        if self.levels < 2:
+            raise DllmPeftError(f"--levels must be at least 2 (the grid runs from λ = 0 to 1), got {self.levels}")
+        if self.plot is not None and not self.plot.lower().endswith(".png"):
+            raise DllmPeftError(f"--plot {self.plot!r} must name a .png file")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """What `dllm-peft sample` runs on and writes; the sampler's own settings are a `SamplerConfig`."""
+
+    model: str | None = option(
+        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else tiny-llada."
+    )
+    adapter: str | None = option(None, "Adapter to sample with: its directory or its .safetensors file.")
+    prompt: str | None = option(None, "The prompt to answer (or use --prompts-file).")
+    prompts_file: str | None = option(
+        None, "Prompts to answer: a .jsonl/.json file of records with a 'prompt' field, or text with one per line."
+    )
+    output: str | None = option(None, "Write one JSON line per prompt here (text, steps, tokens/s) instead of printing.")
+    seed: int = option(0, "Random seed; prompt i uses seed + i, so its output does not depend on --batch-size.")
+    batch_size: int = option(8, "Prompts decoded together.")
+    chat_template: str = option(
+        "auto", "auto: put each prompt through the tokenizer's chat template if it has one (as training does); none."
+    )
+    dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
+    device: str = option("auto", "Device the model runs on: auto, cpu or cuda.")
+
+    def __post_init__(self) -> None:
+        if self.chat_template not in ("auto", "none"):
+            raise DllmPeftError(f"--chat-template must be auto or none, got {self.chat_template!r}")
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise DllmPeftError("pass exactly one of --prompt TEXT or --prompts-file FILE")
+        if self.batch_size < 1:
+            raise DllmPeftError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+EVAL_PROTOCOLS = ("generative", "mc")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What `dllm-peft eval` measures; `sampler` holds the sampler flags that were set (`SamplerConfig` fields)."""
+
+    model: str | None = option(
+        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else tiny-llada."
+    )
+    adapter: str | None = option(None, "Adapter to evaluate: its directory or its .safetensors file.")
+    tasks: str = option(
+        "uppercase", "Comma-separated tasks or suites: commonsense, math, code, arc, a task name, or a built-in task."
+    )
+    data_dir: str | None = option(
+        None, "Local task files: the LLM-Adapters repository or its dataset/ folder (+ gsm8k, HumanEval, mbpp files)."
+    )
+    limit: int | None = option(None, "Evaluate only the first N documents of each task (quick runs).")
+    num_fewshot: int = option(0, "Few-shot examples in each prompt.")
+    protocol: str = option(
+        "generative", "Commonsense tasks: generative (LLM-Adapters, as the NaRA paper) or mc (lm-eval log-likelihood)."
+    )
+    output: str | None = option(None, "Write the results JSON here, and the Markdown table beside it (.md).")
+    allow_code_execution: bool = option(False, "Run generated code (code tasks) in the sandbox; off by default.")
+    compare_base: bool = option(True, "With --adapter: also evaluate the base model, in the same run and table.")
+    mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol).")
+    batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")
+    chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
+    seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
+    dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
+    device: str = option("auto", "Device the model runs on: auto, cpu or cuda.")
+    trust_remote_code: bool = option(False, "Allow running the model code a checkpoint ships (a security risk).")
+    sampler: dict = option({}, "Sampler settings that were set (SamplerConfig fields); unset lengths follow the task.")
+
+    def __post_init__(self) -> None:
+        if self.protocol not in EVAL_PROTOCOLS:
+            raise DllmPeftError(f"--protocol must be generative or mc, got {self.protocol!r}")
+        if self.chat_template not in ("auto", "none"):
+            raise DllmPeftError(f"--chat-template must be auto or none, got {self.chat_template!r}")
+        for name in ("mc_num", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DllmPeftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise DllmPeftError(f"--limit must be at least 1, got {self.limit}")
+        if self.num_fewshot < 0:
+            raise DllmPeftError(f"--num-fewshot must be at least 0, got {self.num_fewshot}")
+        known = {field.name for field in dataclasses.fields(SamplerConfig)}
+        unknown = sorted(set(self.sampler) - known)
+        if unknown:
+            raise DllmPeftError(f"unknown sampler setting {unknown[0]!r}; choose from: {', '.join(sorted(known))}")
+        length = self.sampler.get("gen_length") or self.sampler.get("block_length") or SamplerConfig().gen_length
+        SamplerConfig(**{"gen_length": length, "block_length": length, "steps": length, **self.sampler})

@@ -1,32 +1,57 @@
-"""The training loop: explicit and short (nanoGPT style), masked-diffusion SFT of an adapter.
+"""The training loop: explicit and short (nanoGPT style), masked-diffusion SFT of an adapter, one or many processes.
 
-`train(config, on_progress)` loads the backbone, injects the adapter, runs AdamW with the reference settings
-(β = (0.9, 0.95), weight decay 0.05, ε = 1e-8, linear schedule with 5 % warm-up, gradient clipping at 1.0) and
-writes the adapter. It never prints: progress goes to the `on_progress` callback, which the CLI renders.
+`train(config, on_progress, on_report)` loads the backbone and the data, injects the adapter and runs AdamW with the
+reference settings (β = (0.9, 0.95), weight decay 0.05, ε = 1e-8, linear schedule with 5 % warm-up, gradient
+clipping at 1.0), then writes the adapter. It never prints: per-step progress goes to `on_progress`, everything else
+(the data's length report, validations, checkpoints, a resume) to `on_report`; the CLI renders both.
+
+Scale: `accelerate` runs the processes (`accelerate launch`: DDP over the adapter's parameters, gloo on CPU) and the
+autocast (bf16/fp16 on CUDA, with a loss scaler for fp16; fp32 on CPU). The data stream is ours, not a sharded
+DataLoader (`data.ExampleOrder`): step s reads stream positions [s·E, (s+1)·E), E = batch × grad-accum × processes,
+and process p takes micro-batches p·g … p·g + g − 1 of them. Masking and dropout are seeded by the stream position of
+the micro-batch, so N processes × grad-accum g compute what 1 process × N·g computes, and a resumed run continues
+bit for bit (`checkpoint.py`). Validation (`validation.py`) reports the held-out loss at random and at fixed λ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, DistributedType
 
 from .adapters.base import inject, trainable_parameters
+from .checkpoint import (
+    TrainingState,
+    check_output,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    start_run,
+)
+from .conditioning import ROUTER_ATTRIBUTE, enable_gradient_checkpointing, find_router
 from .config import TrainConfig
-from .data import Example, collate, prompt_response_pairs, read_records, tokenize_pairs
+from .data import ExampleOrder, LengthReport, collate, derived_seed
 from .diffusion.loss import masked_diffusion_loss
 from .errors import DllmPeftError
-from .io import CONFIG_FILE, save_adapter
-from .models import load_backbone
+from .io import save_adapter
+from .metrics_log import MetricsLog
+from .models import load_backbone, resolve_device
 from .registry import build_adapter_config, get_method
+from .validation import TrainingData, ValidationReport, load_training_data, validate
 
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.05
+EPSILON = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +61,55 @@ class TrainProgress:
     loss: float
     lr: float
     tokens_per_second: float
+    epoch: float = 0.0
+    grad_norm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataReport:
+    """What the run trains on, reported before the first step."""
+
+    train: int
+    validation: int
+    validation_origin: str
+    lengths: LengthReport
+    steps: int
+    examples_per_step: int
+    processes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    step: int
+    checkpoint: Path | None  # None: the run had no checkpoint yet and starts again from step 0
+
+
+TrainReport = DataReport | ValidationReport | CheckpointSaved | Resumed
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     output: Path
-    losses: list[float]
+    losses: list[float]  # every step of the run, those before a resume included
     trainable_parameters: int
     examples: int
     overlong: int
+    validation: list[ValidationReport]
+    main_process: bool  # False in the other processes of `accelerate launch`: they write and show nothing
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run after a complete step; `checkpoint` holds that step (None before step 1)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"stopped after step {step}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 def learning_rate(step: int, max_steps: int, peak: float, warmup_ratio: float = WARMUP_RATIO) -> float:
@@ -55,69 +120,240 @@ def learning_rate(step: int, max_steps: int, peak: float, warmup_ratio: float = 
     return peak * max(0.0, (max_steps - step) / max(1, max_steps - warmup))
 
 
-def batches(examples: list[Example], batch_size: int, eos_id: int, rng: random.Random):
-    """An endless stream of shuffled batches, reshuffled every epoch."""
-    while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield collate([examples[i] for i in order[start : start + batch_size]], eos_id)
+def total_steps(config: TrainConfig, train_examples: int, examples_per_step: int) -> int:
+    """Optimizer steps of the run: --epochs over the data (at least one step), capped by --max-steps."""
+    if config.epochs is None:
+        return config.max_steps
+    steps = max(1, math.ceil(config.epochs * train_examples / examples_per_step))
+    return min(steps, config.max_steps) if config.max_steps is not None else steps
 
 
-def _check_output(config: TrainConfig) -> Path:
-    output = Path(config.output)
-    if (output / CONFIG_FILE).exists() and not config.overwrite:
-        raise DllmPeftError(f"{config.output!r} already holds an adapter; pass --overwrite or choose another --output")
-    return output
+def train(
+    config: TrainConfig,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    on_report: Callable[[TrainReport], None] | None = None,
+) -> TrainResult:
+    """Fine-tune an adapter on `config.data` and write it to `config.output` (see the module docstring)."""
+    resume_from = check_output(config)  # before any loading: a refused --output costs nothing
+    accelerator = _accelerator(config)
+    is_main = accelerator.is_main_process
+    report = on_report if (on_report is not None and is_main) else (lambda _: None)
+    progress = on_progress if (on_progress is not None and is_main) else (lambda _: None)
 
+    backbone = load_backbone(config.model, config.dtype, str(accelerator.device), config.trust_remote_code)
+    data = load_training_data(config, backbone)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    examples_per_step = config.batch_size * config.grad_accum * processes
+    steps = total_steps(config, len(data.train), examples_per_step)
 
-def train(config: TrainConfig, on_progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
-    """Fine-tune an adapter on `config.data` and write it to `config.output`."""
-    output = _check_output(config)
-    method = get_method(config.method)
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-
-    backbone = load_backbone(config.model)
-    pairs = prompt_response_pairs(read_records(config.data), config.prompt_field, config.response_field)
-    examples, report = tokenize_pairs(pairs, backbone, config.max_length, config.overlong)
-
+    torch.manual_seed(config.seed)  # the adapter's initial values
     adapter_config = build_adapter_config(
         config.method, rank=config.rank, eta=config.eta, dropout=config.dropout, target_modules=config.target_modules
     )
+    method = get_method(config.method)
     inject(backbone.model, adapter_config, method.layer_class, backbone.default_targets)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(backbone.model)  # after inject: it installs the λ-preserving context
     parameters = trainable_parameters(backbone.model)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.05, eps=1e-8)
-    backbone.model.train()
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
+    state = TrainingState(step=0, examples_seen=0, losses=[], validation=[], data_fingerprint=data.fingerprint)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, backbone, optimizer)
+        _check_resumable(config, state, data, steps)
+    model, optimizer = accelerator.prepare(backbone.model, optimizer)
+    if accelerator.scaler is not None and state.scaler:
+        accelerator.scaler.load_state_dict(state.scaler)
+    trainer = _on_wrapper(backbone, model)
 
-    stream = batches(examples, config.batch_size, backbone.eos_id, rng)
-    losses: list[float] = []
-    for step in range(config.max_steps):
-        started = time.perf_counter()
-        lr = learning_rate(step, config.max_steps, config.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss, tokens = 0.0, 0
-        for _ in range(config.grad_accum):
-            batch = next(stream)
-            out = masked_diffusion_loss(
-                backbone, batch.input_ids, batch.response_mask, batch.attention_mask, generator=generator
-            )
-            (out.loss / config.grad_accum).backward()
-            step_loss += out.loss.item() / config.grad_accum
-            tokens += batch.tokens
-        if not math.isfinite(step_loss):
-            raise DllmPeftError(f"the loss became {step_loss} at step {step + 1}; lower --lr (no adapter was written)")
-        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        if on_progress is not None:
+    accelerator.wait_for_everyone()  # every process has checked --output before rank 0 writes into it
+    if is_main:
+        start_run(config, resuming=resume_from is not None)  # a run resumed before its first checkpoint restarts
+    if config.resume:
+        report(Resumed(state.step, resume_from))
+    report(DataReport(
+        len(data.train), len(data.validation), data.validation_origin, data.lengths, steps, examples_per_step, processes
+    ))
+    record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps}
+    order = ExampleOrder(len(data.train), config.seed)
+    pad_to = config.max_length if config.padding == "max_length" else None
+    device = accelerator.device
+    model.train()
+
+    resume_step = state.step if resume_from is not None else None
+    metrics = MetricsLog(config.output, resume_step) if is_main else contextlib.nullcontext()
+    with _StopRequests() as stop, metrics as log:
+        def checkpoint() -> Path | None:
+            if not is_main or state.step == 0:
+                return latest_checkpoint(config.output)
+            state.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            path = save_checkpoint(config.output, backbone, optimizer, state, config.keep_checkpoints, record)
+            report(CheckpointSaved(state.step, path))
+            return path
+
+        def run_validation() -> None:
+            if not data.validation:
+                return
+            result = validate(backbone, data.validation, config, accelerator, pad_to, state.step)
+            state.validation.append(dataclasses.asdict(result))
+            if log is not None:
+                log.write("validation", state.step, result.metrics())
+            report(result)
+
+        if state.step == 0:
+            run_validation()  # the base model's loss: where the adapter starts from
+        while state.step < steps:
+            if stop.agreed(accelerator):
+                raise TrainingInterrupted(state.step, checkpoint())
+            started = time.perf_counter()
+            lr = learning_rate(state.step, steps, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            first = state.examples_seen + rank * config.grad_accum * config.batch_size
+            local_loss, local_tokens = 0.0, 0
+            for micro in range(config.grad_accum):
+                start = first + micro * config.batch_size  # stream position of this micro-batch
+                examples = [data.train[index] for index in order.indices(start, config.batch_size)]
+                batch = collate(examples, backbone.eos_id, pad_to)
+                torch.manual_seed(derived_seed(config.seed, "dropout", start))
+                generator = torch.Generator(device=device).manual_seed(derived_seed(config.seed, "mask", start))
+                last = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    out = masked_diffusion_loss(
+                        trainer,
+                        batch.input_ids.to(device),
+                        batch.response_mask.to(device),
+                        batch.attention_mask.to(device),
+                        generator=generator,
+                    )
+                    objective = out.loss
+                    if method.regularization is not None:  # e.g. LoRA-Diffusion's rank and orthogonality terms
+                        objective = objective + method.regularization(backbone.model)
+                    accelerator.backward(objective / config.grad_accum)
+                local_loss += out.loss.item() / config.grad_accum
+                local_tokens += batch.tokens
+            totals = accelerator.reduce(torch.tensor([local_loss, local_tokens], device=device, dtype=torch.float64))
+            step_loss, tokens = totals[0].item() / processes, int(totals[1].item())
+            if not math.isfinite(step_loss):
+                raise DllmPeftError(_diverged_message(config, step_loss, state.step + 1))
+            grad_norm = float(accelerator.clip_grad_norm_(parameters, GRAD_CLIP))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            on_progress(TrainProgress(step + 1, config.max_steps, step_loss, lr, tokens / elapsed))
 
-    backbone.model.eval()
-    training = {"steps": config.max_steps, "data": config.data, "seed": config.seed, "lr": config.lr}
-    save_adapter(backbone, output, extra={"training": training})
-    return TrainResult(output, losses, sum(p.numel() for p in parameters), len(examples), report.overlong)
+            state.step += 1
+            state.examples_seen += examples_per_step
+            state.losses.append(step_loss)
+            epoch = state.examples_seen / len(data.train)
+            if log is not None:
+                values = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+                values |= {"tokens_per_second": tokens / elapsed, "examples_seen": state.examples_seen, "epoch": epoch}
+                log.write("train", state.step, values)
+            progress(TrainProgress(state.step, steps, step_loss, lr, tokens / elapsed, epoch, grad_norm))
+            if config.eval_every and state.step % config.eval_every == 0 or state.step == steps:
+                run_validation()
+            if config.save_every and state.step % config.save_every == 0:
+                checkpoint()
+
+    if is_main:
+        final = {**record, "validation": state.validation[-1] if state.validation else None}
+        save_adapter(backbone, config.output, extra={"training": final})
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        output=Path(config.output),
+        losses=state.losses,
+        trainable_parameters=sum(p.numel() for p in parameters),
+        examples=len(data.train),
+        overlong=data.lengths.overlong,
+        validation=[ValidationReport.from_dict(v) for v in state.validation],
+        main_process=is_main,
+    )
+
+
+def _accelerator(config: TrainConfig) -> Accelerator:
+    """The process group (under `accelerate launch`), the device and the autocast of this run."""
+    device = resolve_device(config.device)  # a CUDA request on a machine without one fails here
+    if config.precision == "auto":
+        cuda = device.type == "cuda"
+        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    elif config.precision == "fp32":
+        mixed = "no"
+    elif device.type != "cuda":
+        raise DllmPeftError(f"--precision {config.precision} needs a CUDA device; on CPU train with --precision fp32")
+    else:
+        mixed = config.precision
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        # Checkpoints, validation and λ routing assume every process holds the whole model (see the README).
+        raise DllmPeftError(
+            f"dllm-peft train runs data-parallel (DDP) under accelerate launch, not "
+            f"{accelerator.distributed_type.value}; launch without the FSDP/DeepSpeed settings "
+            "(each process then holds the frozen base, 16 GB for LLaDA-8B in bf16)"
+        )
+    return accelerator
+
+
+def _on_wrapper(backbone, model):
+    """The backbone seen through the prepared model (DDP wrapper); λ routing still finds the router.
+
+    DDP does not forward attribute lookups to the module it wraps, so the router is also set on the wrapper.
+    """
+    if model is backbone.model:
+        return backbone
+    router = find_router(backbone.model)
+    if router is not None:
+        object.__setattr__(model, ROUTER_ATTRIBUTE, router)  # a plain attribute: not a second registration
+    return dataclasses.replace(backbone, model=model)
+
+
+def _check_resumable(config: TrainConfig, state: TrainingState, data: TrainingData, steps: int) -> None:
+    if state.data_fingerprint != data.fingerprint:
+        raise DllmPeftError(
+            f"the training data of {config.data!r} changed since the checkpoint in {config.output!r}; "
+            "resume with the same data or start a new run with --overwrite"
+        )
+    if state.step >= steps:
+        raise DllmPeftError(
+            f"the run in {config.output!r} already finished its {steps} steps; raise --max-steps or --epochs to go on"
+        )
+
+
+def _diverged_message(config: TrainConfig, loss: float, step: int) -> str:
+    checkpoint = latest_checkpoint(config.output)
+    kept = (
+        f"the last good checkpoint is {checkpoint} (continue from it with --resume and a lower --lr)"
+        if checkpoint is not None
+        else "no adapter was written"
+    )
+    return f"the loss became {loss} at step {step}; lower --lr; {kept}"
+
+
+class _StopRequests:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step (and save); a second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop: all processes must leave the loop at the same step."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=accelerator.device)
+        return bool(accelerator.reduce(flag).item() > 0)
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

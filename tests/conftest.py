@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs
 from dllm_peft.builtin_tasks import task_records
 from dllm_peft.models import tiny_llada
+
+# Tiny models gain nothing from a second thread, and thread contention on a busy 2-core machine made them many
+# times slower; child processes started by tests inherit the variable.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
@@ -24,6 +31,16 @@ def make_batch(backbone, count: int = 4, task: str = "uppercase"):
 @pytest.fixture
 def batch(backbone):
     return make_batch(backbone)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread: tiny models gain nothing from more, and on a busy shared machine thread contention made
+    them up to 30x slower (measured on the 2-core CI box). Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def randomize_adapter(model, seed: int = 1, scale: float = 0.1) -> None:

@@ -30,10 +30,14 @@ def logits_at(backbone, input_ids, level=0.5):
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_fresh_adapter_is_a_no_op(method, batch):
-    base = tiny_llada(seed=0)
-    adapted = injected(method)
-    assert torch.equal(logits_at(base, batch.input_ids), logits_at(adapted, batch.input_ids))
+def test_fresh_adapter_is_a_no_op_where_the_method_allows(method, batch):
+    """Exactly the base model's logits; methods that add virtual tokens cannot start so (attention sees them)."""
+    base = logits_at(tiny_llada(seed=0), batch.input_ids)
+    adapted = logits_at(injected(method), batch.input_ids)
+    if METHODS[method].starts_as_base:
+        assert torch.equal(base, adapted)
+    else:
+        assert adapted.shape == base.shape and torch.isfinite(adapted).all() and not torch.equal(base, adapted)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -33,5 +33,17 @@ class LoraLayer(AdapterLayer):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.config.scale * (self.project_down(x) @ self.lora_B.T)  # (..., out)
 
+    def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔW as a product `left @ right` that merge, export and inspect use without forming it densely.
+
+        Subclasses whose update is not such a product (e.g. a magnitude-rescaled one) must override this or set it
+        to None; a conformance test checks `left @ right == delta_weight` for every registered method.
+
+        Returns:
+            left (out, r) = s · B and right (r, in) = A.
+        """
+        return self.config.scale * self.lora_B, self.lora_A
+
     def delta_weight(self, noise_level: float | None = None) -> torch.Tensor:
-        return self.config.scale * (self.lora_B @ self.lora_A)  # (out, in)
+        left, right = self.low_rank_factors(noise_level)
+        return left @ right  # (out, in)

@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..conditioning import as_noise_level
 from ..errors import DllmPeftError
 from .base import AdapterConfig, _matches
 from .lora import LoraLayer
@@ -171,10 +172,11 @@ class NaraLayer(LoraLayer):
         mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # row-vector form of C · (A x)
         return self.config.scale * (mixed @ self.lora_B.T)  # (B, ..., out)
 
-    def delta_weight(self, noise_level: float | None = None) -> torch.Tensor:
+    def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """At a fixed λ NaRA is a plain LoRA with B' = B · C(λ): left (out, r) = s · B · C(λ), right (r, in) = A."""
         module = self.router.shared[self.core_key]
         if module.needs_noise_level and noise_level is None:
             raise DllmPeftError("NaRA's update depends on the noise level; choose one with --noise-level")
-        level = None if noise_level is None else torch.tensor([float(noise_level)])
+        level = None if noise_level is None else as_noise_level(noise_level)
         core = module(level)[0].to(self.lora_B.dtype)  # (r, r)
-        return self.config.scale * (self.lora_B @ core @ self.lora_A)  # (out, in)
+        return self.config.scale * (self.lora_B @ core), self.lora_A

@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from . import eval_command, inspect_command, merge_command, sample_command, train_command  # noqa: E402,F401
+from . import eval_command, export_command, inspect_command, merge_command, sample_command, train_command  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

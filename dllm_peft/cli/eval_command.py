@@ -1,12 +1,114 @@
-"""`dllm-peft eval`: evaluate a model or adapter on benchmark tasks."""
+"""`dllm-peft eval`: score a model, or an adapter next to its base, on the commonsense, math, code or built-in tasks.
+
+Flags → `EvalConfig` (what to evaluate) whose `sampler` holds the sampler flags the user typed (`SamplerConfig`
+fields; untyped lengths follow each task) → `evaluate()` → a rich table on stdout, progress bars on stderr, and with
+`--output` the results JSON plus a Markdown table beside it.
+"""
 
 from __future__ import annotations
 
-from ..errors import DllmPeftError
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import CACHES, EOS_SUPPRESSION, REMASKING, EvalConfig, SamplerConfig, help_for
+from ..evaluate import EvalProgress, EvalResults, evaluate
 from . import app
+from .console import err, out
+
+SAMPLER_FIELDS = {field.name for field in dataclasses.fields(SamplerConfig)}
+H = lambda name: help_for(SamplerConfig if name in SAMPLER_FIELDS else EvalConfig, name)
+PER_TASK = " Default: the task's answer length."
+E = EvalConfig()
+S = SamplerConfig()
 
 
 @app.command("eval")
-def eval_command() -> None:
-    """Evaluate a model or adapter on benchmark tasks (coming: issue 6)."""
-    raise DllmPeftError("`dllm-peft eval` is not available in this build yet")
+def eval_command(
+    ctx: typer.Context,
+    model: str = typer.Option(None, help=H("model"), show_default=False),
+    adapter: str = typer.Option(None, help=H("adapter"), show_default=False),
+    tasks: str = typer.Option(E.tasks, help=H("tasks")),
+    data_dir: str = typer.Option(None, help=H("data_dir"), show_default=False),
+    limit: int = typer.Option(None, help=H("limit"), show_default=False),
+    num_fewshot: int = typer.Option(E.num_fewshot, help=H("num_fewshot")),
+    protocol: str = typer.Option(E.protocol, help=H("protocol")),
+    output: str = typer.Option(None, help=H("output"), show_default=False),
+    allow_code_execution: bool = typer.Option(E.allow_code_execution, help=H("allow_code_execution")),
+    compare_base: bool = typer.Option(E.compare_base, help=H("compare_base")),
+    mc_num: int = typer.Option(E.mc_num, help=H("mc_num")),
+    batch_size: int = typer.Option(E.batch_size, help=H("batch_size")),
+    chat_template: str = typer.Option(E.chat_template, help=H("chat_template")),
+    seed: int = typer.Option(E.seed, help=H("seed")),
+    dtype: str = typer.Option(E.dtype, help=H("dtype")),
+    device: str = typer.Option(E.device, help=H("device")),
+    trust_remote_code: bool = typer.Option(E.trust_remote_code, help=H("trust_remote_code")),
+    gen_length: int = typer.Option(None, help=H("gen_length") + PER_TASK, show_default=False),
+    steps: int = typer.Option(None, help=H("steps") + " Default: --gen-length.", show_default=False),
+    block_length: int = typer.Option(None, help=H("block_length") + " Default: --gen-length.", show_default=False),
+    remasking: str = typer.Option(S.remasking, help=f"{H('remasking')} One of: {', '.join(REMASKING)}."),
+    temperature: float = typer.Option(S.temperature, help=H("temperature")),
+    cfg_scale: float = typer.Option(S.cfg_scale, help=H("cfg_scale")),
+    threshold: float = typer.Option(None, help=H("threshold"), show_default=False),
+    cache: str = typer.Option(S.cache, help=f"{H('cache')} One of: {', '.join(CACHES)}."),
+    cache_refresh: int = typer.Option(S.cache_refresh, help=H("cache_refresh")),
+    entropy_bound: float = typer.Option(None, help=H("entropy_bound"), show_default=False),
+    eos_suppression: str = typer.Option(
+        S.eos_suppression, help=f"{H('eos_suppression')} One of: {', '.join(EOS_SUPPRESSION)}."
+    ),
+    stop_at_eos: bool = typer.Option(S.stop_at_eos, help=H("stop_at_eos")),
+) -> None:
+    """Evaluate a model or adapter (with its base) on tasks: commonsense, math, code, arc, or single tasks."""
+    flags = {name: value for name, value in locals().items() if name != "ctx"}
+    typed_sampler = {name: value for name, value in flags.items() if name in SAMPLER_FIELDS and _typed(ctx, name)}
+    config = EvalConfig(sampler=typed_sampler, **{k: v for k, v in flags.items() if k not in SAMPLER_FIELDS})
+    results = _run(config)
+    out.print(results_table(results))
+    if config.output:
+        out.print(f"  wrote {config.output} and {Path(config.output).with_suffix('.md')}")
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave flag `name` (by the source's name: typer may bundle its own copy of click)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _run(config: EvalConfig) -> EvalResults:
+    columns = (TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    progress = Progress(*columns, console=err, transient=True)
+    bars: dict[tuple[str, str], int] = {}
+
+    def on_progress(update: EvalProgress) -> None:
+        key = (update.run, update.kind)
+        if not bars:
+            progress.start()  # only once work runs: an early error is then printed alone
+        if key not in bars:
+            unit = "samples" if update.kind.startswith("loglikelihood") else "prompts"
+            bars[key] = progress.add_task(f"{update.run} · {update.kind} ({unit})", total=update.total)
+        progress.update(bars[key], completed=update.done, total=update.total)
+
+    try:
+        return evaluate(config, on_progress)
+    finally:
+        if bars:
+            progress.stop()
+
+
+def results_table(results: EvalResults) -> Table:
+    """One row per task; a column per run (base, adapter) with ± standard error, and their difference."""
+    runs = list(results.runs)
+    title = results.model + (f" + {results.adapter}" if results.adapter else "")
+    table = Table(title=title, title_justify="left")
+    for column in ("task", "metric", *runs, *(["Δ"] if len(runs) == 2 else []), "n"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task in results.runs[runs[0]]:
+        scores = [results.runs[run][task] for run in runs]
+        cells = [f"{100 * s.value:.1f}" + (f" ± {100 * s.stderr:.1f}" if s.stderr is not None else "") for s in scores]
+        delta = [f"{100 * (scores[1].value - scores[0].value):+.1f}"] if len(scores) == 2 else []
+        table.add_row(task, scores[0].metric, *cells, *delta, str(scores[0].documents))
+    return table

@@ -1,13 +1,26 @@
-"""`dllm-peft train`: fine-tune an adapter with masked-diffusion SFT."""
+"""`dllm-peft train`: fine-tune an adapter with masked-diffusion SFT (one process, or several: `accelerate launch`)."""
 
 from __future__ import annotations
+
+import os
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..config import TrainConfig, help_for
+from ..errors import DllmPeftError
+from ..recipes import RECIPES, resolve_train_config
 from ..registry import METHODS
-from ..train import TrainProgress, train
+from ..train import (
+    CheckpointSaved,
+    DataReport,
+    Resumed,
+    TrainingInterrupted,
+    TrainProgress,
+    TrainReport,
+    train,
+)
+from ..validation import ValidationReport
 from . import app
 from .console import err, out
 
@@ -17,27 +30,87 @@ D = TrainConfig()
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     method: str = typer.Option(D.method, help=f"{H('method')} One of: {', '.join(METHODS)}."),
     model: str = typer.Option(D.model, help=H("model")),
     data: str = typer.Option(D.data, help=H("data")),
     output: str = typer.Option(D.output, help=H("output")),
+    recipe: str = typer.Option(None, help=f"{H('recipe')} One of: {', '.join(RECIPES)}.", show_default=False),
+    config: str = typer.Option(None, help=H("config"), show_default=False),
     max_steps: int = typer.Option(D.max_steps, help=H("max_steps")),
-    rank: int = typer.Option(D.rank, help=H("rank")),
-    eta: float = typer.Option(D.eta, help=H("eta")),
-    dropout: float = typer.Option(D.dropout, help=H("dropout")),
-    targets: str = typer.Option(None, help=H("targets")),
+    epochs: float = typer.Option(None, help=H("epochs"), show_default=False),
     lr: float = typer.Option(D.lr, help=H("lr")),
     batch_size: int = typer.Option(D.batch_size, help=H("batch_size")),
     grad_accum: int = typer.Option(D.grad_accum, help=H("grad_accum")),
+    rank: int = typer.Option(D.rank, help=H("rank")),
+    eta: float = typer.Option(D.eta, help=H("eta")),
+    dropout: float = typer.Option(D.dropout, help=H("dropout")),
+    targets: str = typer.Option(None, help=H("targets"), show_default=False),
     max_length: int = typer.Option(D.max_length, help=H("max_length")),
     overlong: str = typer.Option(D.overlong, help=H("overlong")),
+    padding: str = typer.Option(D.padding, help=H("padding")),
+    chat_template: str = typer.Option(D.chat_template, help=H("chat_template")),
     prompt_field: str = typer.Option(D.prompt_field, help=H("prompt_field")),
     response_field: str = typer.Option(D.response_field, help=H("response_field")),
-    seed: int = typer.Option(D.seed, help=H("seed")),
+    val_data: str = typer.Option(None, help=H("val_data"), show_default=False),
+    val_size: int = typer.Option(D.val_size, help=H("val_size")),
+    val_noise_levels: str = typer.Option(D.val_noise_levels, help=H("val_noise_levels")),
+    eval_every: int = typer.Option(D.eval_every, help=H("eval_every")),
+    save_every: int = typer.Option(D.save_every, help=H("save_every")),
+    keep_checkpoints: int = typer.Option(D.keep_checkpoints, help=H("keep_checkpoints")),
+    resume: bool = typer.Option(D.resume, help=H("resume")),
     overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
+    precision: str = typer.Option(D.precision, help=H("precision")),
+    dtype: str = typer.Option(D.dtype, help=H("dtype")),
+    device: str = typer.Option(D.device, help=H("device")),
+    trust_remote_code: bool = typer.Option(D.trust_remote_code, help=H("trust_remote_code")),
+    gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, help=H("gradient_checkpointing")),
+    seed: int = typer.Option(D.seed, help=H("seed")),
 ) -> None:
-    """Fine-tune an adapter (default: NaRA on the built-in model and task)."""
-    config = TrainConfig(**{name: value for name, value in locals().items()})
+    """Fine-tune an adapter (default: NaRA on the built-in model and task); --recipe applies the reference settings."""
+    values = dict(locals())
+    typed = {name: value for name, value in values.items() if name != "ctx" and _typed(ctx, name)}
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, only rank 0 speaks
+    try:
+        settings = resolve_train_config(typed)
+        result = _run(settings, main_process)
+    except DllmPeftError:
+        if not main_process:
+            raise typer.Exit(2)  # rank 0 prints the same sentence
+        raise
+    except TrainingInterrupted as stop:
+        if main_process:
+            where = f"saved {stop.checkpoint}; continue with --resume" if stop.checkpoint else "nothing was saved"
+            err.print(f"[yellow]stopped[/] after step {stop.step}: {where} (same --output)", soft_wrap=True)
+        raise typer.Exit(130)
+    if not result.main_process:
+        return
+    first, last = result.losses[0], sum(result.losses[-5:]) / len(result.losses[-5:])
+    out.print(
+        f"[green]✓[/] {settings.method} adapter ({result.trainable_parameters:,} trainable parameters) "
+        f"trained on {result.examples} examples for {len(result.losses)} steps; "
+        f"loss {first:.4f} → {last:.4f} (mean of the last 5)"
+    )
+    if len(result.validation) > 1:
+        before, after = result.validation[0], result.validation[-1]
+        levels = "  ".join(
+            f"{level:g}: {before.by_noise_level[level]:.3f} → {loss:.3f}"
+            for level, loss in after.by_noise_level.items()
+        )
+        out.print(f"  validation loss {before.loss:.4f} → {after.loss:.4f}; at λ {levels}")
+    if result.overlong:
+        handled = f"were handled by --overlong {settings.overlong}"
+        out.print(f"  {result.overlong} example(s) exceeded --max-length and {handled}")
+    out.print(f"  wrote {result.output}/adapter_config.json and adapter_model.safetensors; metrics in metrics.jsonl")
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave flag `name` (only those override the recipe and the settings file)."""
+    source = ctx.get_parameter_source(name)  # by name: typer may vendor its own copy of click's enum
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _run(settings: TrainConfig, main_process: bool):
     columns = (
         TextColumn("[bold]train[/] {task.fields[method]}"),
         BarColumn(),
@@ -46,22 +119,41 @@ def train_command(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as progress:
-        tasks: list = []  # the bar appears with the first step, after data and model checks have passed
+    with Progress(*columns, console=err, transient=False, disable=not main_process) as progress:
+        tasks: list = []  # the bar appears with the first step, after the data and model checks have passed
 
         def on_progress(update: TrainProgress) -> None:
             fields = {"loss": update.loss, "lr": update.lr, "tps": update.tokens_per_second}
-            if not tasks:
-                tasks.append(progress.add_task("train", total=config.max_steps, method=config.method, **fields))
+            if not tasks:  # a resumed run's bar starts where the run stands
+                start = {"total": update.max_steps, "completed": update.step - 1, "method": settings.method}
+                tasks.append(progress.add_task("train", **start, **fields))
             progress.update(tasks[0], completed=update.step, **fields)
 
-        result = train(config, on_progress)
-    first, last = result.losses[0], sum(result.losses[-5:]) / len(result.losses[-5:])
-    out.print(
-        f"[green]✓[/] {config.method} adapter ({result.trainable_parameters:,} trainable parameters) "
-        f"trained on {result.examples} examples for {len(result.losses)} steps; "
-        f"loss {first:.4f} → {last:.4f} (mean of the last 5)"
-    )
-    if result.overlong:
-        out.print(f"  {result.overlong} example(s) exceeded --max-length and were handled by --overlong {config.overlong}")
-    out.print(f"  wrote {result.output}/adapter_config.json and adapter_model.safetensors")
+        def on_report(report: TrainReport) -> None:
+            progress.console.print(_describe(report, settings), highlight=False, soft_wrap=True)
+
+        return train(settings, on_progress, on_report)
+
+
+def _describe(report: TrainReport, settings: TrainConfig) -> str:
+    if isinstance(report, DataReport):
+        lengths = report.lengths
+        handled = {"drop": "dropped", "truncate": f"{lengths.truncated} truncated, {lengths.dropped} dropped"}
+        over = f"{lengths.overlong} of {lengths.total} longer than --max-length {lengths.max_length}"
+        if lengths.overlong:
+            over += f" ({handled[lengths.policy]})"
+        return (
+            f"data: {report.train} training examples from {settings.data} ({over}, longest {lengths.longest}); "
+            f"validation: {report.validation} ({report.validation_origin}); {report.steps} steps × "
+            f"{report.examples_per_step} examples ({report.processes} process{'es' if report.processes > 1 else ''})"
+        )
+    if isinstance(report, ValidationReport):
+        levels = "  ".join(f"{level:g}: {loss:.3f}" for level, loss in report.by_noise_level.items())
+        return f"step {report.step} validation loss {report.loss:.4f} | at λ {levels}"
+    if isinstance(report, CheckpointSaved):
+        return f"[dim]saved checkpoint {report.path}[/]"
+    if isinstance(report, Resumed):
+        if report.checkpoint is None:
+            return "resuming: the run has no checkpoint yet, starting again from step 0"
+        return f"resuming from {report.checkpoint} (step {report.step})"
+    raise TypeError(f"unknown report {report!r}")

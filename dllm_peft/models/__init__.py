@@ -1,23 +1,55 @@
 """Backbones: `load_backbone(name_or_path)` → `Backbone` (model, tokenizer, mask/EOS ids, shifted logits, targets).
 
 Built-in names are models constructed in code (no download): `tiny-llada` is a randomly initialised two-layer LLaDA
-with a byte tokenizer, for tests and quick trials.
+with a byte tokenizer, for tests and quick trials; `dllm-tiny` (`default.py`) is the small pretrained denoiser
+shipped inside the package, the default `--model`. Everything else is a checkpoint directory on disk, loaded offline
+(`checkpoint_dir.py` says where it is and what it holds): LLaDA and Dream on our native classes (`llada.py`,
+`dream.py`, no remote code), masked LMs through `AutoModelForMaskedLM` (`masked_lm.py`), and other dLLMs through
+the code they ship, only with `trust_remote_code`.
+
+Default adapter targets are the attention projections of each architecture, as in the NaRA recipes (LLaDA: q_proj,
+k_proj, v_proj, attn_out; Dream/Qwen2: q_proj, k_proj, v_proj, o_proj; BERT: query, key, value and the attention
+output); for remote code, the first of these naming schemes that the model's linear layers follow.
 """
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import torch
+import transformers
+from torch import nn
+from transformers.utils import logging as hf_logging
+
+from ..adapters.base import resolve_targets
 from ..errors import DllmPeftError
 from .backbone import Backbone
 from .byte_tokenizer import ByteTokenizer
+from .checkpoint_dir import (
+    Family,
+    architecture_family,
+    load_tokenizer,
+    locate_checkpoint,
+    read_model_config,
+    remote_auto_class,
+    special_token_ids,
+)
+from .default import DEFAULT_MODEL_NAME, dllm_tiny
+from .dream import DREAM_TARGETS, DreamModel
+from .llada import LLaDAModelLM
+from .masked_lm import MASKED_LM_TARGET_SETS, load_masked_lm, masked_lm_max_length
 
 LLADA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out")
+KNOWN_TARGET_SETS = (LLADA_TARGETS, DREAM_TARGETS, *MASKED_LM_TARGET_SETS)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 def tiny_llada(seed: int = 0, **overrides) -> Backbone:
     """A randomly initialised tiny LLaDA (two blocks, d_model 64) with the byte tokenizer."""
-    from .llada import LLaDAModelLM, tiny_llada_config
+    from .llada import tiny_llada_config
 
     tokenizer = ByteTokenizer()
     config = tiny_llada_config(
@@ -37,7 +69,7 @@ def tiny_llada(seed: int = 0, **overrides) -> Backbone:
     )
 
 
-BUILTIN_MODELS = {"tiny-llada": tiny_llada}
+BUILTIN_MODELS = {"tiny-llada": tiny_llada, DEFAULT_MODEL_NAME: dllm_tiny}
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,14 +96,114 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_backbone(
     name_or_path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
 ) -> Backbone:
-    """The backbone called `name_or_path`, on `device` in `dtype` (checkpoints on disk come with issue 4)."""
+    """The backbone called `name_or_path`, on `device` in `dtype`, loaded without network access.
+
+    Args:
+        name_or_path: a built-in name (`tiny-llada`), a checkpoint directory, or a hub name already in the HF cache.
+        dtype: `auto` (bfloat16 on a GPU that has it, else float32), `float32`, `bfloat16` or `float16`.
+        device: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+        trust_remote_code: allow running the model code a checkpoint ships; never needed (nor used) for LLaDA,
+            Dream and masked LMs.
+    """
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     if name_or_path in BUILTIN_MODELS:
         backbone = BUILTIN_MODELS[name_or_path]()
         backbone.model.to(device=target_device, dtype=target_dtype)
         return backbone
-    raise DllmPeftError(f"unknown model {name_or_path!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
+    directory = locate_checkpoint(name_or_path, list(BUILTIN_MODELS))
+    return _load_checkpoint(directory, name_or_path, target_dtype, target_device, trust_remote_code)
 
 
-__all__ = ["Backbone", "BUILTIN_MODELS", "LLADA_TARGETS", "load_backbone", "tiny_llada"]
+def _load_checkpoint(
+    directory: Path, name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
+) -> Backbone:
+    config = read_model_config(directory)
+    family = architecture_family(config, directory, trust_remote_code)
+    if not any(any(directory.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise DllmPeftError(f"{directory} holds no weights (*.safetensors); pass the directory the model was saved to")
+    # Shards are read one at a time into an empty (meta) model, in the target dtype and, with device_map, straight
+    # onto the GPU: peak memory stays near the size of the model, never twice it.
+    load_kwargs: dict[str, Any] = dict(
+        dtype=dtype, local_files_only=True, low_cpu_mem_usage=True, trust_remote_code=family == "remote"
+    )
+    if device.type != "cpu":
+        load_kwargs["device_map"] = {"": device}
+    with _quiet_transformers():
+        tokenizer = load_tokenizer(directory, family, trust_remote_code)
+        model, loading_info = _load_model(directory, family, config, load_kwargs)
+    if loading_info["missing_keys"]:
+        missing = sorted(loading_info["missing_keys"])
+        raise DllmPeftError(
+            f"{directory} has no weights for {len(missing)} parameter(s) of its {config.get('model_type')!r} config "
+            f"(first: {missing[0]}); the checkpoint is incomplete or its key names do not match the architecture"
+        )
+    model.to(device).eval()
+    mask_id, eos_id = special_token_ids(tokenizer, config, directory, model.get_input_embeddings().num_embeddings)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        mask_id=mask_id,
+        eos_id=eos_id,
+        name=name,
+        default_targets=_default_targets(model, family),
+        shift_logits=family == "dream",
+        max_length=_max_length(model, family),
+    )
+
+
+def _load_model(directory: Path, family: Family, config: dict[str, Any], load_kwargs: dict[str, Any]):
+    """(model, loading info): the info lists the parameters the checkpoint did not provide."""
+    if family == "masked_lm":
+        return load_masked_lm(directory, **load_kwargs)
+    if family == "llada":
+        model_class = LLaDAModelLM
+    elif family == "dream":
+        model_class = DreamModel
+    else:
+        model_class = getattr(transformers, remote_auto_class(config, directory))
+    return model_class.from_pretrained(directory, output_loading_info=True, **load_kwargs)
+
+
+def _default_targets(model: nn.Module, family: Family) -> tuple[str, ...]:
+    if family == "llada":
+        return LLADA_TARGETS
+    if family == "dream":
+        return DREAM_TARGETS
+    return infer_targets(model, MASKED_LM_TARGET_SETS if family == "masked_lm" else KNOWN_TARGET_SETS)
+
+
+def infer_targets(model: nn.Module, candidates=KNOWN_TARGET_SETS) -> tuple[str, ...]:
+    """The first candidate set whose every name selects a linear layer; () if none does (then --targets is needed)."""
+    for targets in candidates:
+        try:
+            resolve_targets(model, targets)
+        except DllmPeftError:
+            continue
+        return tuple(targets)
+    return ()
+
+
+def _max_length(model: nn.Module, family: Family) -> int | None:
+    if family == "masked_lm":
+        return masked_lm_max_length(model)
+    config = model.config
+    limit = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """The core never prints: mute transformers' progress bars and advice while loading, then restore them."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+__all__ = ["Backbone", "BUILTIN_MODELS", "LLADA_TARGETS", "infer_targets", "load_backbone", "tiny_llada"]

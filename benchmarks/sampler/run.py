@@ -1,0 +1,301 @@
+"""Sampler benchmark: `python benchmarks/sampler/run.py` → `benchmarks/results/sampler.json`.
+
+Measures, all within one run and on one thread (the machine is shared; one thread keeps the ratios stable):
+  1. `reference`: tokens/s of our sampler vs the plain reference loop of `tests/llada_reference.py` at identical
+     settings (goal ≥ 1.0), after checking that both give the same canvas;
+  2. `fast`: tokens/s of threshold decoding + KV cache vs that reference (goal ≥ 4×), with the steps they used and
+     how many answers equal the reference's;
+  3. `nara_vs_lora`: sampling time with a NaRA adapter over that with a LoRA adapter of the same rank on the same
+     model (goal ≤ 1.03), and what the KV cache costs NaRA (answers that change vs no cache; refresh policies);
+  4. `accuracy`: exact-match accuracy of the default vs the fast settings on a built-in task — only for a trained
+     model (`--model` names one that knows the task); skipped with the reason otherwise.
+Timings interleave the variants call by call and repeat them; a call's time is its minimum over the repeats (the
+least disturbed by other processes), and a variant's time is the sum over its calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dllm_peft.adapters.base import inject  # noqa: E402
+from dllm_peft.builtin_tasks import task_records  # noqa: E402
+from dllm_peft.config import SamplerConfig  # noqa: E402
+from dllm_peft.diffusion.sampler import sample  # noqa: E402
+from dllm_peft.errors import DllmPeftError  # noqa: E402
+from dllm_peft.io import atomic_write_bytes  # noqa: E402
+from dllm_peft.models import load_backbone, tiny_llada  # noqa: E402
+from dllm_peft.registry import build_adapter_config, get_method  # noqa: E402
+from tests.conftest import randomize_adapter  # noqa: E402
+from tests.llada_reference import reference_generate  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "sampler.json"
+PREFERRED_MODEL = "dllm-tiny"  # the trained default model, once it ships; tiny-llada (random) until then
+# Random LLaDAs for NaRA vs LoRA timing (speed does not depend on the weights): a narrow one, and a wider one where
+# the adapter is a smaller share of the work, as in real models (run shorter: 4 prompts, 16 steps).
+BATCH_SETTINGS = SamplerConfig(gen_length=64, steps=64, block_length=16, stop_at_eos=False)
+TIMING_MODELS = {
+    "d_model 192": (dict(d_model=192, n_heads=3, n_kv_heads=3, n_layers=4, mlp_hidden_size=512), 8, BATCH_SETTINGS),
+    "d_model 768": (
+        dict(d_model=768, n_heads=12, n_kv_heads=12, n_layers=4, mlp_hidden_size=2048),
+        4,
+        SamplerConfig(gen_length=32, steps=16, block_length=16, stop_at_eos=False),
+    ),
+}
+
+
+def timed(function) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = function()
+    return time.perf_counter() - started, value
+
+
+def interleaved(variants: dict[str, list], repeats: int) -> dict[str, float]:
+    """Seconds of each variant: the sum over its calls of each call's minimum over `repeats`.
+
+    Args:
+        variants: name → list of calls; call i of every variant runs next to call i of the others, so a change of
+            load on the shared machine hits all variants alike.
+    """
+    calls = len(next(iter(variants.values())))
+    best = {name: [float("inf")] * calls for name in variants}
+    for _ in range(repeats):
+        for index in range(calls):
+            for name, functions in variants.items():
+                best[name][index] = min(best[name][index], timed(functions[index])[0])
+    return {name: sum(values) for name, values in best.items()}
+
+
+def reference_calls(backbone, prompts, settings: SamplerConfig, seed: int) -> list:
+    return [
+        lambda index=index, prompt=prompt: reference_generate(
+            backbone, prompt, settings.gen_length, settings.steps, settings.block_length, settings.temperature,
+            settings.cfg_scale, settings.remasking, torch.Generator().manual_seed(seed + index))
+        for index, prompt in enumerate(prompts)
+    ]
+
+
+def our_calls(backbone, prompts, settings: SamplerConfig, seed: int) -> list:
+    """One prompt at a time, like the reference loop, each with its own seeded generator."""
+    return [
+        lambda index=index, prompt=prompt: sample(
+            backbone, [prompt], settings, torch.Generator().manual_seed(seed + index))
+        for index, prompt in enumerate(prompts)
+    ]
+
+
+def run_reference(backbone, prompts, settings: SamplerConfig, seed: int) -> list[torch.Tensor]:
+    return [call() for call in reference_calls(backbone, prompts, settings, seed)]
+
+
+def run_ours(backbone, prompts, settings: SamplerConfig, seed: int):
+    return [call() for call in our_calls(backbone, prompts, settings, seed)]
+
+
+def response_text(backbone, canvas: torch.Tensor, gen_length: int) -> str:
+    ids = canvas[0, -gen_length:].tolist()
+    cut = ids.index(backbone.eos_id) if backbone.eos_id in ids else len(ids)
+    return backbone.decode(ids[:cut])
+
+
+def measure_reference(backbone, prompts, settings: SamplerConfig, repeats: int, seed: int) -> dict:
+    exact = dataclasses.replace(settings, stop_at_eos=False)
+    reference = run_reference(backbone, prompts, settings, seed)
+    ours = run_ours(backbone, prompts, exact, seed)
+    identical = all(torch.equal(r, o.canvas) for r, o in zip(reference, ours))
+    seconds = interleaved({
+        "reference": reference_calls(backbone, prompts, settings, seed),
+        "ours": our_calls(backbone, prompts, exact, seed),
+        "ours_stop_at_eos": our_calls(backbone, prompts, settings, seed),
+    }, repeats)
+    tokens = len(prompts) * settings.gen_length
+    speed = {name: tokens / value for name, value in seconds.items()}
+    return {
+        "settings": dataclasses.asdict(settings),
+        "canvases_identical_to_reference": identical,
+        "tokens_per_second": {name: round(value, 1) for name, value in speed.items()},
+        "ratio_ours_vs_reference": round(speed["ours"] / speed["reference"], 3),
+        "ratio_ours_stop_at_eos_vs_reference": round(speed["ours_stop_at_eos"] / speed["reference"], 3),
+        "goal": "ratio_ours_vs_reference >= 1.0",
+    }
+
+
+def measure_fast(backbone, prompts, settings: SamplerConfig, threshold: float, bound: float, repeats: int,
+                 seed: int) -> dict:
+    reference_texts = [response_text(backbone, c, settings.gen_length)
+                       for c in run_reference(backbone, prompts, settings, seed)]
+    variants = {
+        "threshold": dataclasses.replace(settings, threshold=threshold),
+        "threshold+prefix": dataclasses.replace(settings, threshold=threshold, cache="prefix"),
+        "threshold+dual": dataclasses.replace(settings, threshold=threshold, cache="dual"),
+        "entropy_bound+dual": dataclasses.replace(settings, entropy_bound=bound, cache="dual"),
+    }
+    report: dict = {"reference_settings": dataclasses.asdict(settings), "threshold": threshold,
+                    "entropy_bound": bound, "variants": {}}
+    calls = {"reference": reference_calls(backbone, prompts, settings, seed)}
+    calls.update({name: our_calls(backbone, prompts, variant, seed) for name, variant in variants.items()})
+    seconds = interleaved(calls, repeats)
+    for name, variant in variants.items():
+        results = run_ours(backbone, prompts, variant, seed)
+        texts = [backbone.decode(result.tokens[0]) for result in results]
+        report["variants"][name] = {
+            "speedup_vs_reference": round(seconds["reference"] / seconds[name], 2),
+            "mean_steps": statistics.mean(result.steps[0] for result in results),
+            "reference_steps": settings.steps,
+            "answers_equal_to_reference": f"{sum(a == b for a, b in zip(texts, reference_texts))}/{len(texts)}",
+        }
+    report["goal"] = "speedup_vs_reference of threshold+cache >= 4"
+    return report
+
+
+def adapted(backbone_factory, method: str, rank: int):
+    backbone = backbone_factory()
+    config = build_adapter_config(method, rank=rank, dropout=0.0)
+    inject(backbone.model, config, get_method(method).layer_class, backbone.default_targets)
+    randomize_adapter(backbone.model, seed=1, scale=0.05)  # nonzero B and hypernetwork: NaRA's core is really used
+    backbone.model.eval()
+    return backbone
+
+
+def measure_nara_vs_lora(name: str, backbone_factory, prompts_text, settings: SamplerConfig, repeats: int) -> dict:
+    """Rank-32 NaRA vs rank-32 LoRA, prompt by prompt (short calls interleave finely, so load hits both alike)."""
+    lora, nara = adapted(backbone_factory, "lora", 32), adapted(backbone_factory, "nara", 32)
+    calls = {
+        method: [lambda backbone=backbone, ids=backbone.encode(text), index=index: sample(
+            backbone, [ids], settings, torch.Generator().manual_seed(index)) for index, text in enumerate(prompts_text)]
+        for method, backbone in (("lora", lora), ("nara", nara))
+    }
+    seconds = interleaved(calls, repeats)
+    return {
+        "model": name,
+        "parameters": sum(p.numel() for p in lora.model.parameters() if not p.requires_grad),
+        "settings": f"gen {settings.gen_length}, steps {settings.steps}, block {settings.block_length}",
+        "prompts": len(prompts_text),
+        "seconds": {key: round(value, 4) for key, value in seconds.items()},
+        "ratio_nara_vs_lora": round(seconds["nara"] / seconds["lora"], 3),
+        "goal": "ratio_nara_vs_lora <= 1.03",
+    }
+
+
+def measure_cache_staleness(backbone_factory, prompts_text, settings: SamplerConfig, threshold: float,
+                            repeats: int) -> dict:
+    """How often the cache changes an answer, LoRA vs NaRA, and what refreshing costs and buys back."""
+    report = {}
+    for method in ("lora", "nara"):
+        backbone = adapted(backbone_factory, method, 32)
+        prompts = [backbone.encode(text) for text in prompts_text]
+        base = dataclasses.replace(settings, threshold=threshold)
+        plain = sample(backbone, prompts, base, [torch.Generator().manual_seed(i) for i in range(len(prompts))])
+        variants = {f"dual_refresh_{n}": dataclasses.replace(base, cache="dual", cache_refresh=n) for n in (0, 4, 2, 1)}
+        variants["none"] = base
+        seconds = interleaved({
+            name: [lambda variant=variant: sample(backbone, prompts, variant,
+                                                  [torch.Generator().manual_seed(i) for i in range(len(prompts))])]
+            for name, variant in variants.items()
+        }, repeats)
+        rows = {}
+        for name, variant in variants.items():
+            result = sample(backbone, prompts, variant, [torch.Generator().manual_seed(i) for i in range(len(prompts))])
+            changed = sum(a != b for a, b in zip(result.tokens, plain.tokens))
+            positions = sum(
+                int((result.canvas[i, result.prompt_length:] != plain.canvas[i, plain.prompt_length:]).sum())
+                for i in range(len(prompts))
+            )
+            rows[name] = {
+                "answers_changed_vs_no_cache": f"{changed}/{len(prompts)}",
+                "response_positions_changed": f"{positions}/{len(prompts) * settings.gen_length}",
+                "forward_passes": result.forward_passes,
+                "time_vs_no_cache": round(seconds[name] / seconds["none"], 3),
+            }
+        report[method] = rows
+    return report
+
+
+def measure_accuracy(backbone, task: str, count: int, default: SamplerConfig, fast: SamplerConfig) -> dict:
+    records = task_records(task, "test", count)
+    prompts = [backbone.encode(record["prompt"]) for record in records]
+    scores = {}
+    for name, settings in (("default", default), ("fast", fast)):
+        result = sample(backbone, prompts, settings, [torch.Generator().manual_seed(i) for i in range(count)])
+        correct = sum(backbone.decode(tokens).strip() == record["answer"]
+                      for tokens, record in zip(result.tokens, records))
+        scores[name] = round(100 * correct / count, 2)
+    return {"task": task, "examples": count, "exact_match": scores,
+            "drop_points": round(scores["default"] - scores["fast"], 2), "goal": "drop_points <= 1"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help=f"default: {PREFERRED_MODEL} if available, else tiny-llada")
+    parser.add_argument("--task", default="addition", help="built-in task for the accuracy item (trained models)")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--entropy-bound", type=float, default=1.0)
+    parser.add_argument("--accuracy-examples", type=int, default=200)
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    name = arguments.model
+    if name is None:
+        try:
+            load_backbone(PREFERRED_MODEL)
+            name = PREFERRED_MODEL
+        except DllmPeftError:
+            name = "tiny-llada"
+    backbone = load_backbone(name, dtype="float32", device="cpu")
+    trained = name != "tiny-llada"
+    records = task_records(arguments.task, "test", arguments.prompts)
+    prompts_text = [record["prompt"] for record in records]
+    prompts = [backbone.encode(text) for text in prompts_text]
+
+    default = SamplerConfig()
+    blockwise = SamplerConfig(gen_length=64, steps=64, block_length=16)
+    started = time.perf_counter()
+    results = {
+        "command": "python benchmarks/sampler/run.py " + " ".join(sys.argv[1:]),
+        "model": name,
+        "model_is_trained": trained,
+        "prompts": f"{arguments.prompts} prompts of builtin:{arguments.task} (test split), one at a time",
+        "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread (shared machine)",
+        "reference": measure_reference(backbone, prompts, default, arguments.repeats, seed=0),
+        "reference_blockwise": measure_reference(backbone, prompts, blockwise, arguments.repeats, seed=0),
+        "fast": measure_fast(backbone, prompts, blockwise, arguments.threshold, arguments.entropy_bound,
+                             arguments.repeats, seed=0),
+    }
+    results["nara_vs_lora"] = [measure_nara_vs_lora(name, lambda: copy.deepcopy(backbone), prompts_text,
+                                                    BATCH_SETTINGS, arguments.repeats)]
+    for label, (architecture, count, settings) in TIMING_MODELS.items():
+        results["nara_vs_lora"].append(measure_nara_vs_lora(
+            f"random LLaDA, {label} {json.dumps(architecture)}", lambda a=architecture: tiny_llada(seed=0, **a),
+            prompts_text[:count], settings, arguments.repeats,
+        ))
+    results["nara_cache_staleness"] = measure_cache_staleness(
+        lambda: copy.deepcopy(backbone), prompts_text, BATCH_SETTINGS, arguments.threshold,
+        arguments.repeats,
+    )
+    if trained:
+        fast = dataclasses.replace(blockwise, threshold=arguments.threshold, cache="dual")
+        results["accuracy"] = measure_accuracy(backbone, arguments.task, arguments.accuracy_examples, blockwise, fast)
+    else:
+        results["accuracy"] = {"skipped": f"{name} has random weights; rerun once the trained default model ships"}
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_bytes(RESULTS, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode())
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

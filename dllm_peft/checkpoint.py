@@ -1,0 +1,240 @@
+"""The run directory: who may write into `--output`, resumable checkpoints, and how a run is resumed.
+
+Layout of a run directory:
+
+    out/train_config.json                      the run's resolved settings (written when training starts)
+    out/metrics.jsonl                          one JSON object per step and per validation (`metrics_log.py`)
+    out/checkpoints/step-N/                    resumable state after optimizer step N:
+        adapter_config.json, adapter_model.safetensors    a loadable adapter (`io.load_adapter` reads it)
+        optimizer.safetensors                             AdamW moments and step counts
+        trainer_state.json                                step, examples read, loss history, optimizer groups, …
+    out/adapter_config.json, adapter_model.safetensors    the final adapter, written only when the run completes
+
+A checkpoint is written into a hidden temporary directory and renamed into place (atomic on POSIX), so a run killed
+at any moment leaves complete checkpoints only; leftovers of a killed write are removed on the next start.
+
+Why no random-number-generator state is stored: every random draw of the loop is a pure function of the seed and of
+where it happens (`data.derived_seed`): the data order of epoch e, the masking and the dropout of the micro-batch
+that starts at stream position i. The number of examples read is therefore the whole RNG state, and it also makes a
+run split across processes draw what a single process draws. The learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from .adapters.base import adapter_state_dict
+from .config import TrainConfig
+from .errors import DllmPeftError
+from .io import CONFIG_FILE, WEIGHTS_FILE, atomic_save_tensors, atomic_write_bytes, read_adapter, save_adapter
+from .models.backbone import Backbone
+
+RUN_FILE = "train_config.json"
+CHECKPOINTS = "checkpoints"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+RUN_OUTPUTS = (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, CHECKPOINTS, "metrics.jsonl", "tensorboard")
+
+# Settings that define what is trained on what: a resumed run must keep them (others, such as --save-every, may change).
+SAME_RUN_FIELDS = (
+    "method", "model", "data", "rank", "eta", "dropout", "targets", "max_length", "overlong", "chat_template",
+    "prompt_field", "response_field", "val_data", "val_size", "seed",
+)
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Everything besides tensors that a resumed run needs."""
+
+    step: int  # optimizer steps done
+    examples_seen: int  # stream position: examples read by all processes together
+    losses: list[float]  # training loss of every step so far
+    validation: list[dict[str, Any]]  # every validation so far (`ValidationReport` as a dict)
+    data_fingerprint: str
+    scaler: dict[str, Any] | None = None  # fp16 loss-scaler state
+
+
+# -- the output directory policy -------------------------------------------------------------------------------------
+def read_run_config(output: str | Path) -> dict[str, Any] | None:
+    """The settings of the run in `output`, or None when it holds no run."""
+    path = Path(output) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DllmPeftError(f"{path} is damaged (not JSON); pass --overwrite to start the run again") from None
+
+
+def check_output(config: TrainConfig) -> Path | None:
+    """Apply the output policy before anything is loaded. Returns the checkpoint to resume from (None: from step 0).
+
+    A directory holding another run or an adapter is refused unless `--resume` (continue that run) or `--overwrite`
+    (replace it, once the new run has loaded its model and data) is given; files that are not ours are left alone.
+    """
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise DllmPeftError(f"--output {config.output!r} is a file; choose a directory")
+    run = read_run_config(output)
+    if config.resume:
+        if run is None:
+            raise DllmPeftError(f"{config.output!r} holds no training run to resume; drop --resume to start one")
+        for name in SAME_RUN_FIELDS:
+            if name in run and run[name] != getattr(config, name):
+                flag = "--" + name.replace("_", "-")
+                raise DllmPeftError(
+                    f"{flag} {getattr(config, name)!r} differs from the run being resumed in {config.output!r} "
+                    f"({run[name]!r}); resume with its settings or train into another --output"
+                )
+        return latest_checkpoint(output)
+    if config.overwrite:
+        return None
+    if run is not None:
+        raise DllmPeftError(
+            f"{config.output!r} already holds a {run.get('method')} run on {run.get('data')}; pass --overwrite to "
+            "replace it, --resume to continue it, or choose another --output"
+        )
+    if (output / CONFIG_FILE).exists():
+        raise DllmPeftError(f"{config.output!r} already holds an adapter; pass --overwrite or choose another --output")
+    return None
+
+
+def start_run(config: TrainConfig, resuming: bool) -> None:
+    """Clear what an overwritten run left and record the settings of this one (main process only)."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        for name in RUN_OUTPUTS:
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    settings = {**dataclasses.asdict(config), "resume": False, "overwrite": False}
+    atomic_write_bytes(output / RUN_FILE, (json.dumps(settings, indent=2) + "\n").encode())
+    _remove_partial_checkpoints(output / CHECKPOINTS)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------------
+def checkpoint_steps(output: str | Path) -> list[int]:
+    """The steps of the complete checkpoints in `output`, oldest first."""
+    root = Path(output) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    steps = []
+    for path in root.glob("step-*"):
+        suffix = path.name[len("step-") :]
+        if suffix.isdigit() and (path / STATE_FILE).is_file():
+            steps.append(int(suffix))
+    return sorted(steps)
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    steps = checkpoint_steps(output)
+    return Path(output) / CHECKPOINTS / f"step-{steps[-1]}" if steps else None
+
+
+def save_checkpoint(
+    output: str | Path,
+    backbone: Backbone,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    keep: int,
+    record: dict[str, Any],
+) -> Path:
+    """Write the state after step `state.step` atomically, then drop all but the `keep` newest checkpoints.
+
+    Args:
+        backbone: the backbone whose model carries the adapter (unwrapped, not the DDP wrapper).
+        record: extra JSON stored with the adapter (the settings of the run).
+    """
+    root = Path(output) / CHECKPOINTS
+    final = root / f"step-{state.step}"
+    if final.exists():  # e.g. Ctrl-C right after a periodic save: that checkpoint is this state
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{state.step}.", suffix=".partial"))
+    try:
+        save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}})
+        tensors, groups = _split_optimizer_state(optimizer.state_dict())
+        atomic_save_tensors(tensors, staging / OPTIMIZER_FILE, {})
+        payload = {**dataclasses.asdict(state), "optimizer": groups}
+        atomic_write_bytes(staging / STATE_FILE, (json.dumps(payload) + "\n").encode())
+        for file in staging.iterdir():
+            _fsync(file)
+        os.replace(staging, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in checkpoint_steps(output)[:-keep]:
+        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """Load adapter tensors and optimizer state from checkpoint `path` into the live objects. Returns its state."""
+    _, tensors = read_adapter(path)
+    expected = adapter_state_dict(backbone.model)
+    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
+        raise DllmPeftError(f"the adapter in {path} does not fit this model; resume with the run's own settings")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(tensors[name])
+    payload = json.loads((path / STATE_FILE).read_text())
+    with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as reader:
+        optimizer_tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+    optimizer.load_state_dict(_join_optimizer_state(optimizer_tensors, payload.pop("optimizer")))
+    return TrainingState(**payload)
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer state_dict as (tensors for safetensors, JSON for the rest): no pickle."""
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], groups: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    for name, value in groups["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    # JSON turned tuples (AdamW's betas) into lists
+    param_groups = [
+        {key: tuple(value) if isinstance(value, list) and key != "params" else value for key, value in group.items()}
+        for group in groups["param_groups"]
+    ]
+    return {"state": state, "param_groups": param_groups}
+
+
+def _remove_partial_checkpoints(root: Path) -> None:
+    """Leftovers of a checkpoint write that was killed half-way (never a complete checkpoint)."""
+    if root.is_dir():
+        for leftover in root.glob(".step-*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

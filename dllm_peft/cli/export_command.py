@@ -1,0 +1,35 @@
+"""`dllm-peft export`: write an adapter in another library's format (a stock PEFT LoRA adapter)."""
+
+from __future__ import annotations
+
+import typer
+
+from ..config import EXPORT_FORMATS, ExportConfig, help_for
+from ..export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
+from . import app
+from .console import out
+
+H = lambda name: help_for(ExportConfig, name)  # noqa: E731
+D = ExportConfig()
+
+
+@app.command("export")
+def export_command(
+    adapter: str = typer.Option(D.adapter, help=H("adapter")),
+    format: str = typer.Option(D.format, help=f"{H('format')} One of: {', '.join(EXPORT_FORMATS)}."),  # noqa: A002
+    noise_level: float = typer.Option(None, help=H("noise_level")),
+    output: str = typer.Option(D.output, help=H("output")),
+    overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
+) -> None:
+    """Export an adapter as a stock PEFT LoRA directory (NaRA at a chosen --noise-level: B' = B·C(λ))."""
+    config = ExportConfig(**{name: value for name, value in locals().items()})
+    result = export_adapter(config)
+    at = "" if result.noise_level is None else f" at λ = {result.noise_level:g}"
+    out.print(
+        f"[green]✓[/] exported the {result.method} adapter{at} as a PEFT LoRA "
+        f"(rank {result.rank}, {result.modules} modules)"
+    )
+    if config.noise_level is not None and result.noise_level is None:
+        out.print(f"  a {result.method} update does not depend on λ, so --noise-level was not needed")
+    out.print(f"  wrote {result.output}/{PEFT_CONFIG_FILE} and {PEFT_WEIGHTS_FILE}")
+    out.print(f"  load it with peft.PeftModel.from_pretrained(base_model, {str(result.output)!r})")

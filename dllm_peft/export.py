@@ -1,0 +1,110 @@
+"""Export an adapter as a stock PEFT LoRA adapter directory that `peft.PeftModel.from_pretrained` loads.
+
+A method whose update is a low-rank product ΔW = left·right (`low_rank_factors`) is exactly a LoRA: PEFT's `lora_B`
+is `left` (out, r) and `lora_A` is `right` (r, in). NaRA at a chosen λ is such a LoRA with B' = s·B·C(λ) and A' = A
+(`method-facts.md`); NaRA-C folds its constant core the same way; LoRA keeps its own factors.
+
+The scale s is folded into `lora_B` and `lora_alpha` equals the rank, so PEFT's scaling alpha / r is 1. We do this
+instead of setting alpha = s·r because ΔW = left·right is the one contract every method honours (a method with a
+noise-dependent or per-layer scale has no single alpha); with the default s = 1 the exported `lora_B` of a LoRA is its
+trained B.
+
+The layout follows PEFT's own files (read from PEFT's `save_pretrained` output): `adapter_config.json` with
+`peft_type: "LORA"` and the full module names as `target_modules` (full names cannot catch the LM head by accident),
+and `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`. Only fields that
+PEFT has accepted for many releases are written, so older PEFT versions read the file too. No base model is loaded:
+the factors are rebuilt from the adapter file alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import ExportConfig
+from .errors import DllmPeftError
+from .merge import check_output, merge_noise_level, staged_directory
+from .summary import AdapterParts, standalone_adapter
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    method: str
+    noise_level: float | None  # None when the method's update does not depend on λ
+    modules: int
+    rank: int
+
+
+def peft_lora_tensors(parts: AdapterParts, noise_level: float | None):
+    """PEFT LoRA tensors of every adapted module, and each module's rank.
+
+    Returns:
+        ({PEFT key: tensor}, {module name: rank}); lora_A is (r, in), lora_B is (out, r).
+    """
+    tensors, ranks = {}, {}
+    for name, layer in parts.layers.items():
+        factors = getattr(layer, "low_rank_factors", None)
+        if factors is None:
+            raise DllmPeftError(
+                f"{parts.method.name} updates are not a plain low-rank product, so they have no stock PEFT LoRA form; "
+                "use `dllm-peft merge` instead"
+            )
+        left, right = factors(noise_level)  # (out, r), (r, in)
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = right.detach().contiguous()
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = left.detach().contiguous()
+        ranks[name] = right.shape[0]
+    return tensors, ranks
+
+
+def peft_lora_config(parts: AdapterParts, ranks: dict[str, int]) -> dict[str, Any]:
+    """PEFT's `adapter_config.json` for the exported factors (scale folded into lora_B, so alpha = r)."""
+    rank = collections.Counter(ranks.values()).most_common(1)[0][0]
+    others = {name: module_rank for name, module_rank in ranks.items() if module_rank != rank}
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": parts.record.get("base_model"),
+        "revision": None,
+        "r": rank,
+        "lora_alpha": rank,
+        "rank_pattern": others,
+        "alpha_pattern": others,  # alpha = r module by module: PEFT's scaling is 1 everywhere
+        "lora_dropout": getattr(parts.config, "dropout", 0.0),
+        "target_modules": sorted(ranks),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+
+
+def export_adapter(config: ExportConfig) -> ExportResult:
+    """Write the adapter of `config.adapter` as a PEFT LoRA directory at `config.output`."""
+    parts = standalone_adapter(config.adapter)
+    level = merge_noise_level(parts.method, config.noise_level)
+    output = Path(config.output)
+    check_output(output, config.overwrite, [Path(config.adapter)])
+    tensors, ranks = peft_lora_tensors(parts, level)
+    peft_config = peft_lora_config(parts, ranks)
+    provenance = {"adapter": str(config.adapter), "method": parts.method.name, "noise_level": level}
+    metadata = {"format": "pt", "dllm_peft_export": json.dumps({**provenance, "dllm_peft_version": __version__})}
+    with staged_directory(output) as staging:
+        save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
+        (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
+    return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"])

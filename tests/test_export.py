@@ -1,0 +1,77 @@
+"""PEFT export: stock `peft` loads the exported directory on the same base and gives the adapter's logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dllm_peft.cli import main
+from dllm_peft.config import ExportConfig
+from dllm_peft.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
+from dllm_peft.io import save_adapter
+from dllm_peft.models import tiny_llada
+from dllm_peft.registry import METHODS
+
+from .test_merge import logits, random_adapter, refused, run
+
+peft = pytest.importorskip("peft", reason="peft is a test dependency (pip install -e '.[dev]')")
+
+EXPORTABLE = sorted(
+    name
+    for name, method in METHODS.items()
+    if method.mergeable and getattr(method.layer_class, "low_rank_factors", None) is not None
+)
+
+
+@pytest.fixture
+def input_ids():
+    return torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+def test_stock_peft_loads_the_export_and_gives_the_same_logits(method, tmp_path, input_ids):
+    trained = random_adapter(method)
+    save_adapter(trained, tmp_path / "adapter")
+    level = 0.7 if METHODS[method].noise_dependent else None
+    export_adapter(ExportConfig(adapter=str(tmp_path / "adapter"), noise_level=level, output=str(tmp_path / "peft")))
+    loaded = peft.PeftModel.from_pretrained(tiny_llada(seed=0).model, str(tmp_path / "peft")).eval()
+    assert len([m for m in loaded.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]) == 8
+    with torch.no_grad():
+        peft_logits = loaded(input_ids=input_ids).logits
+    torch.testing.assert_close(peft_logits, logits(trained, input_ids, level), atol=1e-5, rtol=0)
+
+
+def test_nara_exports_as_the_lora_with_b_times_the_core(tmp_path):
+    trained = random_adapter("nara")
+    save_adapter(trained, tmp_path / "adapter")
+    export_adapter(ExportConfig(adapter=str(tmp_path / "adapter"), noise_level=0.25, output=str(tmp_path / "peft")))
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG_FILE).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == config["lora_alpha"] == 4
+    assert config["target_modules"] == sorted(f"model.transformer.blocks.{i}.{kind}" for i in (0, 1)
+                                              for kind in ("q_proj", "k_proj", "v_proj", "attn_out"))
+    layer = trained.model.get_submodule("model.transformer.blocks.1.v_proj")
+    core = trained.model.dllm_peft_router.shared["shared"](torch.tensor([0.25]))[0]  # (r, r)
+    with safe_open(str(tmp_path / "peft" / PEFT_WEIGHTS_FILE), framework="pt") as reader:
+        prefix = "base_model.model.model.transformer.blocks.1.v_proj"
+        assert len(list(reader.keys())) == 16
+        torch.testing.assert_close(reader.get_tensor(f"{prefix}.lora_A.weight"), layer.lora_A.detach())
+        expected_b = (layer.config.scale * layer.lora_B @ core).detach()
+        torch.testing.assert_close(reader.get_tensor(f"{prefix}.lora_B.weight"), expected_b)
+        assert json.loads(reader.metadata()["dllm_peft_export"])["noise_level"] == 0.25
+
+
+def test_export_command_and_its_refusals(tmp_path, capsys):
+    save_adapter(random_adapter("nara"), tmp_path / "adapter")
+    argv = ["export", "--adapter", str(tmp_path / "adapter"), "--output", str(tmp_path / "peft")]
+    refused(argv, capsys, "changes with the noise level λ")
+    refused([*argv, "--noise-level", "2"], capsys, "--noise-level must lie in [0, 1]")
+    refused([*argv, "--noise-level", "0.5", "--format", "gguf"], capsys, "unknown --format 'gguf'; choose one of: peft")
+    save_adapter(random_adapter("dora"), tmp_path / "dora")
+    dora = ["export", "--adapter", str(tmp_path / "dora"), "--output", str(tmp_path / "dora-peft")]
+    refused(dora, capsys, "not a plain low-rank product, so they have no stock PEFT LoRA form; use `dllm-peft merge`")
+    code, out, _ = run([*argv, "--noise-level", "0.5"], capsys)
+    assert code in (0, None) and "at λ = 0.5 as a PEFT LoRA (rank 4, 8 modules)" in out
+    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE}

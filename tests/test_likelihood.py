@@ -1,0 +1,107 @@
+"""The Monte-Carlo log-likelihood: stratified k, λ = k/L, batched across requests = one request at a time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dllm_peft import conditioning
+from dllm_peft.adapters.base import inject
+from dllm_peft.diffusion.likelihood import (
+    greedy_matches,
+    log_likelihoods,
+    reference_log_likelihood,
+    request_generator,
+    stratified_mask_counts,
+)
+from dllm_peft.errors import DllmPeftError
+from dllm_peft.registry import build_adapter_config, get_method
+
+from .conftest import randomize_adapter
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def requests_of(backbone, texts):
+    return [(backbone.encode(prompt), backbone.encode(answer)) for prompt, answer in texts]
+
+
+TEXTS = [
+    ("Question: 2 + 2 = ?\nAnswer:", " 4"),
+    ("Uppercase: apple river\nAnswer:", " APPLE RIVER"),
+    ("Reverse: stone\nAnswer:", " enots"),
+    ("Q:", " a much longer answer than the others"),
+    ("x", "y"),
+]
+
+
+def test_stratified_counts_cover_every_noise_level_evenly():
+    generator = torch.Generator().manual_seed(0)
+    assert stratified_mask_counts(5, 8, generator).tolist() == [5, 1, 1, 2, 3, 3, 4, 4]  # golden
+    one_each = stratified_mask_counts(7, 7, torch.Generator().manual_seed(1))
+    assert sorted(one_each.tolist()) == [1, 2, 3, 4, 5, 6, 7]
+    for length in (4, 30):
+        counts = stratified_mask_counts(length, 128, torch.Generator().manual_seed(length))
+        histogram = torch.bincount(counts, minlength=length + 1)[1:]  # how often each k in 1..L is drawn
+        assert counts.min() >= 1 and histogram.max() - histogram.min() <= 2  # 128/L each, up to rounding
+
+
+def test_batched_estimate_equals_the_one_by_one_reference(backbone):
+    requests = requests_of(backbone, TEXTS)
+    reference = [reference_log_likelihood(backbone, p, a, mc_num=16, batch_size=8, seed=3) for p, a in requests]
+    batched = log_likelihoods(backbone, requests, mc_num=16, batch_size=7, seed=3)
+    assert batched == pytest.approx(reference, abs=1e-4)
+    assert all(value < 0 for value in reference)
+
+
+def test_order_and_batch_size_do_not_change_a_request_s_number(backbone):
+    requests = requests_of(backbone, TEXTS)
+    first = log_likelihoods(backbone, requests, mc_num=8, batch_size=64, seed=1)
+    order = list(range(len(requests)))
+    random.Random(0).shuffle(order)
+    shuffled = log_likelihoods(backbone, [requests[i] for i in order], mc_num=8, batch_size=3, seed=1)
+    assert [shuffled[order.index(i)] for i in range(len(requests))] == pytest.approx(first, abs=1e-4)
+
+
+def test_a_one_token_answer_is_scored_exactly_with_one_forward_row(backbone):
+    prompt, answer = backbone.encode("Answer:"), backbone.encode("B")
+    rows = []
+    estimate = log_likelihoods(backbone, [(prompt, answer)], mc_num=128, on_rows=lambda n, total: rows.append(total))
+    canvas = torch.tensor([prompt + [backbone.mask_id]])
+    exact = torch.log_softmax(backbone.logits(canvas)[0, -1].float(), dim=-1)[answer[0]].item()
+    assert rows == [1] and estimate[0] == pytest.approx(exact, abs=1e-5)
+
+
+def test_noise_level_routed_to_a_nara_adapter_is_k_over_l(backbone):
+    method = get_method("nara")
+    inject(backbone.model, build_adapter_config("nara", rank=4), method.layer_class, backbone.default_targets)
+    randomize_adapter(backbone.model)
+    backbone.model.eval()  # adapter dropout off, as in evaluation
+    router = conditioning.find_router(backbone.model)
+    seen, route = [], router.route
+    router.route = lambda level: (seen.append(level.clone()), route(level))[1]
+    prompt, answer = backbone.encode("Uppercase: tiger\nAnswer:"), backbone.encode(" TIGER")
+    reference = reference_log_likelihood(backbone, prompt, answer, mc_num=8, batch_size=8, seed=5)
+    counts = stratified_mask_counts(len(answer), 8, request_generator(5, prompt, answer))
+    assert torch.equal(seen[0], counts.float() / len(answer))
+    assert log_likelihoods(backbone, [(prompt, answer)], mc_num=8, seed=5)[0] == pytest.approx(reference, abs=1e-4)
+
+
+def test_greedy_match_is_true_for_the_greedy_answer_only(backbone):
+    prompt = backbone.encode("Reverse: river\nAnswer:")
+    canvas = torch.tensor([prompt + [backbone.mask_id] * 3])  # greedy unmasking, written out independently
+    for _ in range(3):
+        masked = (canvas[0] == backbone.mask_id).nonzero().squeeze(1)
+        probabilities = torch.softmax(backbone.logits(canvas)[0, masked].float(), dim=-1)
+        confidence, tokens = probabilities.max(dim=-1)
+        canvas[0, masked[confidence.argmax()]] = tokens[confidence.argmax()]
+    greedy = canvas[0, len(prompt) :].tolist()
+    assert greedy_matches(backbone, prompt, greedy)
+    assert not greedy_matches(backbone, prompt, [(greedy[0] + 1) % 256, *greedy[1:]])
+
+
+def test_an_empty_answer_is_a_clear_error(backbone):
+    with pytest.raises(DllmPeftError, match="empty answer"):
+        log_likelihoods(backbone, [(backbone.encode("a"), [])], mc_num=4)
