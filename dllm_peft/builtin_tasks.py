@@ -43,18 +43,9 @@ def _addition(rng: random.Random) -> dict[str, str]:
     return {"prompt": f"Question: {a} + {b} = ?\nAnswer:", "response": f" {a + b}", "answer": str(a + b)}
 
 
-CATEGORIES = {
-    "animal": "cat dog horse tiger lion mouse sheep goat bear wolf".split(),
-    "colour": "red blue green yellow purple black white brown pink grey".split(),
-    "fruit": "apple pear grape lemon cherry peach plum melon banana mango".split(),
-    "tool": "hammer saw drill knife spade axe wrench chisel ladder rake".split(),
-}
-
-
-def _category(rng: random.Random) -> dict[str, str]:
-    category = rng.choice(list(CATEGORIES))
-    word = rng.choice(CATEGORIES[category])
-    return {"prompt": f"Category: {word}\nAnswer:", "response": f" {category}", "answer": category}
+def _lastdigit(rng: random.Random) -> dict[str, str]:
+    number = str(rng.randint(0, 9999))
+    return {"prompt": f"Last digit: {number}\nAnswer:", "response": f" {number[-1]}", "answer": number[-1]}
 
 
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
@@ -62,7 +53,7 @@ TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
     "reverse": _reverse,
     "addition": _addition,
     "repeat": _repeat,
-    "category": _category,
+    "lastdigit": _lastdigit,
 }
 DEFAULT_TASK = "uppercase"
 

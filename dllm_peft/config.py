@@ -22,7 +22,7 @@ def help_for(config_class, name: str) -> str:
     return {field.name: field.metadata.get("help", "") for field in dataclasses.fields(config_class)}[name]
 
 
-DEFAULT_MODEL = "tiny-llada"
+DEFAULT_MODEL = "dllm-tiny"
 DEFAULT_DATA = "builtin:uppercase"
 
 

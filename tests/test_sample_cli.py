@@ -46,7 +46,8 @@ def test_jsonl_output_holds_what_the_sampler_returns(tmp_path, capsys):
     prompts_file, output = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in prompts))
     settings = ["--gen-length", "16", "--block-length", "8", "--steps", "8", "--temperature", "0.5"]
-    argv = ["sample", "--prompts-file", str(prompts_file), "--output", str(output), "--seed", "3", "--batch-size", "2"]
+    argv = ["sample", "--model", "tiny-llada", "--prompts-file", str(prompts_file), "--output", str(output)]
+    argv += ["--seed", "3", "--batch-size", "2"]
     code, _, err = run(argv + settings, capsys)
     assert code in (0, None), err
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -61,7 +62,7 @@ def test_jsonl_output_holds_what_the_sampler_returns(tmp_path, capsys):
 
 
 def test_without_output_the_text_goes_to_stdout(capsys):
-    argv = ["sample", "--prompt", "hello", "--gen-length", "8", "--steps", "8", "--block-length", "8"]
+    argv = ["sample", "--model", "tiny-llada", "--prompt", "hello", "--gen-length", "8", "--steps", "8", "--block-length", "8"]
     code, out, _ = run(argv, capsys)
     assert code in (0, None)
     backbone = tiny_llada()

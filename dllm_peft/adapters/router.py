@@ -234,10 +234,10 @@ def train_router(
 
     The task adapters were trained one task each, so every training example's task is known: the router is trained
     by cross-entropy between its weights and that task, on inputs noised as while sampling: half the rows with the
-    whole response masked (the first step, the instruction alone), half with a random share as in training. The task adapters and the base stay
-    frozen. The paper's alternative, joint multi-task training of modules and router on the masked-diffusion loss, is
-    `dllm-peft train --method trajectory-router`; on separately trained adapters that loss lets the router favour
-    whichever adapter denoises best in general (EOS padding, for one) rather than the input's task.
+    whole response masked (the first step, the instruction alone), half with a random share as in training. The task
+    adapters and the base stay frozen. The paper's alternative, joint multi-task training of modules and router on
+    the masked-diffusion loss, is `dllm-peft train --method trajectory-router`; on separately trained adapters that
+    loss lets the router favour whichever adapter lowers the loss most overall rather than the input's task.
 
     Args:
         batches: (batch, task) pairs; task (B,) long is each row's index into the composed adapters. Build them with
@@ -255,7 +255,7 @@ def train_router(
         lengths = batch.response_mask.sum(dim=1)  # (B,)
         # Half the rows fully masked: the first sampling step shows the instruction alone (λ = 1, Algorithm 1's
         # Enc(c)), which the training draw k = round(t·L) almost never produces.
-        whole = torch.rand(lengths.shape, generator=generator) < 0.5
+        whole = torch.rand(lengths.shape, generator=generator, device=lengths.device) < 0.5
         counts = torch.where(whole, lengths, draw_mask_counts(lengths, generator))
         noised = forward_process(batch.input_ids, batch.response_mask, counts, backbone.mask_id, generator)
         with adapter.recording() as weights, noise_level(backbone.model, noised.noise_level):
