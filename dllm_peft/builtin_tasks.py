@@ -3,9 +3,10 @@
 Each task is a deterministic function of (split, count): the train and test splits draw from disjoint seeds, and every
 record is `{"prompt", "response", "answer"}` where `answer` is what the evaluator compares against (exact match).
 
-The default task is `uppercase`. The default model `dllm-tiny` was pretrained on Shakespeare plus the `repeat`,
-`reverse` and `addition` records (`benchmarks/default_model/build.py`): it knows the `...\nAnswer:` format and can copy
-words, but has never seen `uppercase`, so it starts near 0 % and an adapter has a real skill to learn.
+The default task is `lastdigit` ("Last digit: 5383\nAnswer:" → "3"; 10 classes, so a constant answer scores about
+10 %). The default model `dllm-tiny` was pretrained on Shakespeare plus the `repeat`, `reverse` and `addition` records
+(`benchmarks/default_model/build.py`): it knows the `...\nAnswer:` format but has never seen `lastdigit`, and it
+starts near 0 %; a NaRA adapter must learn to copy the digit that sits a fixed distance before the answer.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
     "repeat": _repeat,
     "lastdigit": _lastdigit,
 }
-DEFAULT_TASK = "uppercase"
+DEFAULT_TASK = "lastdigit"
 
 
 def task_records(name: str, split: str = "train", count: int = 512) -> list[dict[str, str]]:

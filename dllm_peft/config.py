@@ -23,7 +23,7 @@ def help_for(config_class, name: str) -> str:
 
 
 DEFAULT_MODEL = "dllm-tiny"
-DEFAULT_DATA = "builtin:uppercase"
+DEFAULT_DATA = "builtin:lastdigit"
 
 
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -42,9 +42,9 @@ class TrainConfig:
     output: str = option("out", "Directory the adapter, checkpoints and metrics.jsonl are written to.")
     recipe: str | None = option(None, "Preset of the reference hyperparameters; explicit flags override it.")
     config: str | None = option(None, "YAML or TOML file of settings (keys = these flag names); flags override it.")
-    max_steps: int | None = option(200, "Optimizer steps to run (with --epochs: an upper bound).")
+    max_steps: int | None = option(600, "Optimizer steps to run (with --epochs: an upper bound).")
     epochs: float | None = option(None, "Passes over the training data; sets the number of steps.")
-    lr: float = option(1e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
+    lr: float = option(3e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
     batch_size: int = option(8, "Examples per micro-batch (padded with EOS).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (per process).")
     rank: int = option(32, "Adapter rank r.")
@@ -280,7 +280,8 @@ class EvalConfig:
     )
     adapter: str | None = option(None, "Adapter to evaluate: its directory or its .safetensors file.")
     tasks: str = option(
-        "uppercase", "Comma-separated tasks or suites: commonsense, math, code, arc, a task name, or a built-in task."
+        DEFAULT_DATA.removeprefix("builtin:"),
+        "Comma-separated tasks or suites: commonsense, math, code, arc, a task name, or a built-in task.",
     )
     data_dir: str | None = option(
         None, "Local task files: the LLM-Adapters repository or its dataset/ folder (+ gsm8k, HumanEval, mbpp files)."
