@@ -33,16 +33,6 @@ def batch(backbone):
     return make_batch(backbone)
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    """One torch thread: tiny models gain nothing from more, and on a busy shared machine thread contention made
-    them up to 30x slower (measured on the 2-core CI box). Use with `pytestmark = pytest.mark.usefixtures(...)`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomize_adapter(model, seed: int = 1, scale: float = 0.1) -> None:
     """Give every adapter tensor a random value, so identities are tested away from the zero-initialised start."""
     from dllm_peft.adapters.base import adapter_state_dict

@@ -75,9 +75,9 @@ def test_shipped_model_denoises_held_out_text_far_above_chance(shipped):
     assert accuracy > 0.25  # chance is ~1/65 for this text; a random init scores ~0; the shipped build scores ~0.34
 
 
-def test_base_model_does_not_solve_the_default_task_but_knows_the_format(shipped):
-    records = task_records(DEFAULT_TASK, "test", 8)
-    config = SamplerConfig(gen_length=24, steps=24, block_length=24)
+def test_base_model_does_not_solve_the_default_task(shipped):
+    records = task_records(DEFAULT_TASK, "test", 16)
+    config = SamplerConfig(gen_length=8, steps=8, block_length=8)
     result = sample(shipped, [shipped.encode(record["prompt"]) for record in records], config)
     outputs = [shipped.decode(tokens).strip() for tokens in result.tokens]
-    assert sum(output == record["answer"] for output, record in zip(outputs, records)) <= 1
+    assert sum(output == record["answer"] for output, record in zip(outputs, records)) <= 2  # 10 classes

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dllm_peft.cli import main
 from dllm_peft.config import ExportConfig
 from dllm_peft.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
 from dllm_peft.io import save_adapter

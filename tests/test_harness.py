@@ -28,7 +28,6 @@ from dllm_peft.registry import build_adapter_config, get_method
 from .conftest import randomize_adapter
 from .test_eval_tasks import write_llm_adapters_folder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,7 +21,6 @@ from dllm_peft.registry import build_adapter_config, get_method
 
 from .conftest import randomize_adapter
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def requests_of(backbone, texts):

@@ -24,14 +24,6 @@ RUN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The killed runs use one thread (OMP_NUM_THREADS=1); the in-process runs must compute the same way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run_in_process(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

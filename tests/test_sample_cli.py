@@ -18,14 +18,6 @@ from dllm_peft.diffusion.sampler import sample
 from dllm_peft.models import tiny_llada
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight the other tests for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

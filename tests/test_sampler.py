@@ -20,14 +20,6 @@ from .llada_reference import reference_generate
 from .tiny_checkpoints import TEXTS as CHECKPOINT_TEXTS, write_dream, write_roberta
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight the other tests for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 PROMPTS = ["Uppercase: apple\nAnswer:", "Reverse: tiger\nAnswer:", "Question: 3 + 4 = ?\nAnswer: the"]
 

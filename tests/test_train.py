@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dllm_peft.cli import main
-from dllm_peft.config import TrainConfig
+from dllm_peft.config import DEFAULT_DATA, TrainConfig
 from dllm_peft.errors import DllmPeftError
 from dllm_peft.io import read_adapter
 from dllm_peft.metrics_log import MetricsLog, read_metrics
@@ -18,14 +18,6 @@ from dllm_peft.train import learning_rate, total_steps, train
 
 TINY = dict(rank=4, batch_size=4, val_size=8, eval_every=0, save_every=0, lr=1e-2)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared by several jobs: one intra-op thread is both faster and reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_learning_rate_warms_up_over_five_percent_then_decays_linearly_to_zero():
@@ -135,7 +127,7 @@ def test_output_holding_a_different_run(tmp_path, capsys):
     code, _, _ = run_cli(argv, capsys)
     assert code in (0, None)
     before = (tmp_path / "o" / "adapter_model.safetensors").read_bytes()
-    expected = "already holds a nara run on builtin:uppercase; pass --overwrite to replace it, --resume to continue it"
+    expected = f"already holds a nara run on {DEFAULT_DATA}; pass --overwrite to replace it, --resume to continue it"
     code, _, err = run_cli(["train", "--output", str(tmp_path / "o"), "--method", "lora", "--val-size", "0"], capsys)
     assert code == 2 and expected in " ".join(err.split())
     assert (tmp_path / "o" / "adapter_model.safetensors").read_bytes() == before  # untouched
