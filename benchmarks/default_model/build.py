@@ -34,15 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import generate, masked_accuracy, task_exact_match, text_windows  # noqa: E402
 
+from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 from dllm_peft.builtin_tasks import DEFAULT_TASK, task_records  # noqa: E402
 from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs  # noqa: E402
 from dllm_peft.diffusion.loss import masked_diffusion_loss  # noqa: E402
-from dllm_peft.io import atomic_write_bytes  # noqa: E402
 from dllm_peft.models import LLADA_TARGETS  # noqa: E402
 from dllm_peft.models.backbone import Backbone  # noqa: E402
 from dllm_peft.models.byte_tokenizer import ByteTokenizer  # noqa: E402
-from dllm_peft.models.default import DEFAULT_MODEL_NAME, SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint  # noqa: E402
-from dllm_peft.models.default import write_checkpoint  # noqa: E402
+from dllm_peft.models.default import (  # noqa: E402
+    DEFAULT_MODEL_NAME,
+    SHIPPED_DIR,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    write_checkpoint,
+)
 from dllm_peft.models.llada import LLaDAModelLM, tiny_llada_config  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare" / "input.txt"
@@ -86,7 +91,9 @@ def split_corpus(recipe: Recipe) -> tuple[bytes, bytes]:
 
 def new_backbone(seed: int) -> Backbone:
     tokenizer = ByteTokenizer()
-    config = tiny_llada_config(mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id, **ARCHITECTURE)
+    config = tiny_llada_config(
+        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id, **ARCHITECTURE
+    )
     torch.manual_seed(seed)
     model = LLaDAModelLM(config)
     return Backbone(model, tokenizer, tokenizer.mask_token_id, tokenizer.eos_token_id, DEFAULT_MODEL_NAME,
@@ -107,8 +114,8 @@ def pretrain(backbone: Backbone, train_text: bytes, recipe: Recipe, output: Path
     generator = torch.Generator().manual_seed(recipe.seed)
     examples = task_examples(backbone, recipe)
     model = backbone.model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # norms: no weight decay
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms: no weight decay
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr, betas=(0.9, 0.95), eps=1e-8,
@@ -134,7 +141,8 @@ def pretrain(backbone: Backbone, train_text: bytes, recipe: Recipe, output: Path
         if (step + 1) % log_every == 0:
             elapsed = time.perf_counter() - started
             print(f"step {step + 1}/{recipe.steps} loss {sum(recent) / len(recent):.4f} "
-                  f"lr {learning_rate(step, recipe):.2e} {tokens / elapsed:,.0f} tok/s {elapsed / 60:.1f} min", flush=True)
+                  f"lr {learning_rate(step, recipe):.2e} {tokens / elapsed:,.0f} tok/s {elapsed / 60:.1f} min",
+                  flush=True)
             recent = []
         if (step + 1) % 500 == 0 and step + 1 < recipe.steps:
             write_checkpoint(model, output, {**dataclasses.asdict(recipe), "completed_steps": step + 1})
@@ -157,7 +165,9 @@ def measure(directory: Path, held_out: bytes) -> dict:
         "sample_prompt": SAMPLE_PROMPT,
         "sample": generate(backbone, [SAMPLE_PROMPT], gen_length=128)[0],
         "default_task_base": task_exact_match(backbone, DEFAULT_TASK),
-        "pretraining_task_scores": {task: task_exact_match(backbone, task)["exact_match"] for task in PRETRAINING_TASKS},
+        "pretraining_task_scores": {
+            task: task_exact_match(backbone, task)["exact_match"] for task in PRETRAINING_TASKS
+        },
     }
 
 
@@ -174,8 +184,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, seed=args.seed)
     train_text, held_out = split_corpus(recipe)
-    record = {"recipe": dataclasses.asdict(recipe), "architecture": ARCHITECTURE, "corpus": str(CORPUS.relative_to(ROOT.parent)),
-              "pretraining_tasks": list(PRETRAINING_TASKS), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    record = {"recipe": dataclasses.asdict(recipe), "architecture": ARCHITECTURE,
+              "corpus": str(CORPUS.relative_to(ROOT.parent)), "pretraining_tasks": list(PRETRAINING_TASKS),
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
     if not args.measure_only:
         backbone = new_backbone(recipe.seed)
         record["training"] = pretrain(backbone, train_text, recipe, args.output, args.log_every)
@@ -183,7 +194,7 @@ def main() -> None:
                                                        "corpus": record["corpus"], **record["training"]})
     record["measurements"] = measure(args.output, held_out)
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    for key in ("candidates", "default_task"):  # written by candidates.py and task_gain.py: kept across rebuilds
+    for key in ("candidates", "default_task", "rebuild_check"):  # written by the other scripts: kept across rebuilds
         if key in previous:
             record[key] = previous[key]
     if args.measure_only and "training" in previous:

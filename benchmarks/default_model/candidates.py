@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from build import CORPUS, RESULTS, Recipe, split_corpus  # noqa: E402
 
-from dllm_peft.io import atomic_write_bytes  # noqa: E402
+from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 
 
 def package_dir(name: str) -> Path:
@@ -120,8 +120,8 @@ def minilm(train_text: str, held_out: str, head_steps: int) -> dict:
         "parameters": sum(p.numel() for p in model.bert.parameters()),
         "weights_bytes": (directory / "model.safetensors").stat().st_size,
         "load_seconds": round(load_seconds, 2),
-        "head_fit": {"steps": head_steps, "batch": "8 x 128 tokens", "seconds": round(time.perf_counter() - fit_started, 1),
-                     "final_loss": round(loss.item(), 3)},
+        "head_fit": {"steps": head_steps, "batch": "8 x 128 tokens",
+                     "seconds": round(time.perf_counter() - fit_started, 1), "final_loss": round(loss.item(), 3)},
         "held_out_masked_accuracy": {str(level): accuracy(logits_of, held, level, tokenizer.mask_token_id)
                                      for level in (0.15, 0.5)},
         "sample": tokenizer.decode(fill(logits_of, prompt, 24, tokenizer.mask_token_id)),

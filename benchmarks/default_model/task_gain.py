@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 from dllm_peft.config import TrainConfig  # noqa: E402
-from dllm_peft.io import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "default_model.json"
 

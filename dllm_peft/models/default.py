@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..errors import DllmPeftError
 from ..atomic import atomic_save_tensors, atomic_write_bytes
+from ..errors import DllmPeftError
 from .backbone import Backbone
 from .byte_tokenizer import TOKENIZER_FILE, ByteTokenizer
 
