@@ -27,7 +27,7 @@ from ..conditioning import as_noise_level
 from ..errors import DllmPeftError
 from .base import AdapterConfig
 from .lora import LoraLayer
-from .nara import ConstantCore, NaraConfig, NoiseCore, group_key
+from .nara import NaraConfig, SharedCoreMixin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,21 +113,8 @@ class DoraLayer(LoraLayer):
         return None
 
 
-class NaraDoraLayer(DoraLayer):
+class NaraDoraLayer(SharedCoreMixin, DoraLayer):
     """DoRA whose direction update is NaRA's B · C(λ) · A, with C read from the router per sample."""
-
-    @classmethod
-    def build_shared(cls, config: NaraConfig, module_names: list[str]) -> dict[str, nn.Module]:
-        keys = sorted({group_key(config, name) for name in module_names})
-        core = ConstantCore if config.constant_core else NoiseCore
-        return {key: core(config) for key in keys}
-
-    def __init__(self, base_layer: nn.Linear, config: NaraConfig, name: str, router):
-        super().__init__(base_layer, config, name, router)
-        self.core_key = group_key(config, name)
-
-    def core(self, batch_size: int) -> torch.Tensor:
-        return self.router.derived(self.core_key, batch_size)
 
     def core_at(self, noise_level: float | None) -> torch.Tensor:
         module = self.router.shared[self.core_key]

@@ -148,8 +148,8 @@ def group_key(config: NaraCConfig, module_name: str) -> str:
     raise DllmPeftError(f"module {module_name!r} belongs to no NaRA group; add its name to one of the groups")
 
 
-class NaraLayer(LoraLayer):
-    """y = W0 x + s · B (C(λ) (A x)) with C read from the router, per sample."""
+class SharedCoreMixin:
+    """The core plumbing every NaRA-style layer shares: one core module per group, registered in the router."""
 
     @classmethod
     def build_shared(cls, config: NaraCConfig, module_names: list[str]) -> dict[str, nn.Module]:
@@ -164,6 +164,10 @@ class NaraLayer(LoraLayer):
     def core(self, batch_size: int) -> torch.Tensor:
         """C(λ) for the current forward: (B or 1, r, r)."""
         return self.router.derived(self.core_key, batch_size)
+
+
+class NaraLayer(SharedCoreMixin, LoraLayer):
+    """y = W0 x + s · B (C(λ) (A x)) with C read from the router, per sample."""
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.project_down(x)  # (B, ..., r)
