@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .errors import DllmPeftError
 from .io import CONFIG_FILE, WEIGHTS_FILE, atomic_save_tensors, atomic_write_bytes, read_adapter, save_adapter
 from .models.backbone import Backbone
+from .sharding import full_tensors, shard_like
 
 RUN_FILE = "train_config.json"
 CHECKPOINTS = "checkpoints"
@@ -47,7 +48,7 @@ RUN_OUTPUTS = (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, CHECKPOINTS, "metrics.jsonl"
 # Settings that define what is trained on what: a resumed run must keep them (others, such as --save-every, may change).
 SAME_RUN_FIELDS = (
     "method", "model", "data", "rank", "eta", "dropout", "targets", "max_length", "overlong", "chat_template",
-    "prompt_field", "response_field", "val_data", "val_size", "seed",
+    "prompt_field", "response_field", "val_data", "val_size", "seed", "adapter_option",
 )
 
 
@@ -89,11 +90,12 @@ def check_output(config: TrainConfig) -> Path | None:
         if run is None:
             raise DllmPeftError(f"{config.output!r} holds no training run to resume; drop --resume to start one")
         for name in SAME_RUN_FIELDS:
-            if name in run and run[name] != getattr(config, name):
+            saved = tuple(run[name]) if isinstance(run.get(name), list) else run.get(name)  # JSON has no tuples
+            if name in run and saved != getattr(config, name):
                 flag = "--" + name.replace("_", "-")
                 raise DllmPeftError(
                     f"{flag} {getattr(config, name)!r} differs from the run being resumed in {config.output!r} "
-                    f"({run[name]!r}); resume with its settings or train into another --output"
+                    f"({saved!r}); resume with its settings or train into another --output"
                 )
         return latest_checkpoint(output)
     if config.overwrite:
@@ -143,10 +145,19 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return Path(output) / CHECKPOINTS / f"step-{steps[-1]}" if steps else None
 
 
+def gathered_state(backbone: Backbone, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(adapter tensors, optimizer state_dict), whole: under FSDP a collective that every process must call."""
+    optimizer_state = optimizer.state_dict()  # its per-parameter dicts are the live ones: replaced, not updated
+    for index, values in optimizer_state["state"].items():  # the same order on every process
+        tensors = full_tensors({key: value for key, value in values.items() if torch.is_tensor(value)})
+        optimizer_state["state"][index] = {**values, **tensors}
+    return full_tensors(adapter_state_dict(backbone.model)), optimizer_state
+
+
 def save_checkpoint(
     output: str | Path,
     backbone: Backbone,
-    optimizer: torch.optim.Optimizer,
+    gathered: tuple[dict[str, torch.Tensor], dict[str, Any]],
     state: TrainingState,
     keep: int,
     record: dict[str, Any],
@@ -155,6 +166,7 @@ def save_checkpoint(
 
     Args:
         backbone: the backbone whose model carries the adapter (unwrapped, not the DDP wrapper).
+        gathered: `gathered_state(backbone, optimizer)`.
         record: extra JSON stored with the adapter (the settings of the run).
     """
     root = Path(output) / CHECKPOINTS
@@ -164,8 +176,9 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{state.step}.", suffix=".partial"))
     try:
-        save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}})
-        tensors, groups = _split_optimizer_state(optimizer.state_dict())
+        adapter_tensors, optimizer_state = gathered
+        save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}}, tensors=adapter_tensors)
+        tensors, groups = _split_optimizer_state(optimizer_state)
         atomic_save_tensors(tensors, staging / OPTIMIZER_FILE, {})
         payload = {**dataclasses.asdict(state), "optimizer": groups}
         atomic_write_bytes(staging / STATE_FILE, (json.dumps(payload) + "\n").encode())
@@ -182,18 +195,27 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Load adapter tensors and optimizer state from checkpoint `path` into the live objects. Returns its state."""
+    """Load adapter tensors and optimizer state from checkpoint `path` into the live objects. Returns its state.
+
+    Under FSDP each process keeps its own shard of every tensor (the checkpoint holds them whole).
+    """
     _, tensors = read_adapter(path)
     expected = adapter_state_dict(backbone.model)
     if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
         raise DllmPeftError(f"the adapter in {path} does not fit this model; resume with the run's own settings")
     with torch.no_grad():
         for name, target in expected.items():
-            target.copy_(tensors[name])
+            target.copy_(shard_like(tensors[name], target))
     payload = json.loads((path / STATE_FILE).read_text())
     with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as reader:
         optimizer_tensors = {name: reader.get_tensor(name) for name in reader.keys()}
-    optimizer.load_state_dict(_join_optimizer_state(optimizer_tensors, payload.pop("optimizer")))
+    loaded = _join_optimizer_state(optimizer_tensors, payload.pop("optimizer"))
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]  # state index → parameter
+    for index, values in loaded["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                values[key] = shard_like(value, parameters[index])
+    optimizer.load_state_dict(loaded)
     return TrainingState(**payload)
 
 

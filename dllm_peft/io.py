@@ -39,12 +39,22 @@ def adapter_record(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def save_adapter(backbone: Backbone, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the injected adapter of `backbone` to `directory`. Returns the directory."""
+def save_adapter(
+    backbone: Backbone,
+    directory: str | Path,
+    extra: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the injected adapter of `backbone` to `directory`. Returns the directory.
+
+    Args:
+        tensors: the adapter's tensors when the model's own are sharded (FSDP gathers them first); default: the model's.
+    """
     directory = Path(directory)
     record = {**adapter_record(backbone), **(extra or {})}
     text = json.dumps(record, indent=2, sort_keys=False)
-    atomic_save_tensors(adapter_state_dict(backbone.model), directory / WEIGHTS_FILE, {METADATA_KEY: text})
+    tensors = adapter_state_dict(backbone.model) if tensors is None else tensors
+    atomic_save_tensors(tensors, directory / WEIGHTS_FILE, {METADATA_KEY: text})
     atomic_write_bytes(directory / CONFIG_FILE, (text + "\n").encode())
     return directory
 

@@ -93,6 +93,8 @@ def coerce(name: str, value: Any, where: str) -> Any:
     kinds = typing.get_args(_TYPES[name]) or (_TYPES[name],)
     if value is None and type(None) in kinds:
         return None
+    if typing.get_origin(_TYPES[name]) is tuple:  # --adapter-option: KEY=VALUE strings, or a mapping of them
+        return key_value_strings(name, value, where)
     kind = next(kind for kind in kinds if kind is not type(None))
     try:
         if kind is bool:
@@ -106,6 +108,21 @@ def coerce(name: str, value: Any, where: str) -> Any:
         raise DllmPeftError(
             f"{where}: {name.replace('_', '-')} must be {kind.__name__}, got {value!r}; fix that value"
         ) from None
+
+
+def key_value_strings(name: str, value: Any, where: str) -> tuple[str, ...]:
+    """A repeatable KEY=VALUE setting from a file: one string, a list of strings, or a mapping (lists as a,b,c)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, dict):  # {ranks: [16, 8, 4]} → "ranks=16,8,4"
+        return tuple(
+            f"{key}={','.join(map(str, item)) if isinstance(item, list) else item}" for key, item in value.items()
+        )
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise DllmPeftError(
+        f"{where}: {name.replace('_', '-')} must be KEY=VALUE strings or a mapping of keys to values, got {value!r}"
+    )
 
 
 def _apply(settings: dict[str, Any], layer: dict[str, Any]) -> None:

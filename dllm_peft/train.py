@@ -11,6 +11,10 @@ DataLoader (`data.ExampleOrder`): step s reads stream positions [s·E, (s+1)·E)
 and process p takes micro-batches p·g … p·g + g − 1 of them. Masking and dropout are seeded by the stream position of
 the micro-batch, so N processes × grad-accum g compute what 1 process × N·g computes, and a resumed run continues
 bit for bit (`checkpoint.py`). Validation (`validation.py`) reports the held-out loss at random and at fixed λ.
+
+With accelerate's FSDP settings (`accelerate launch --config_file dllm_peft/accelerate_configs/fsdp_llada_8b.yaml`)
+the frozen base is sharded instead of replicated (`sharding.py`, FSDP2): same loop, same data stream, same results;
+the model is not handed to `accelerator.prepare`, checkpoints gather the adapter's tensors from every process.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedType
 
-from .adapters.base import inject, trainable_parameters
+from .adapters.base import adapter_state_dict, inject, trainable_parameters
 from .checkpoint import (
     TrainingState,
     check_output,
+    gathered_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -45,6 +50,7 @@ from .io import save_adapter
 from .metrics_log import MetricsLog
 from .models import load_backbone, resolve_device
 from .registry import build_adapter_config, get_method
+from .sharding import clip_grad_norm, fsdp_requested, full_tensors, gather_root, gradient_sync, shard
 from .validation import TrainingData, ValidationReport, load_training_data, validate
 
 WARMUP_RATIO = 0.05
@@ -76,6 +82,7 @@ class DataReport:
     steps: int
     examples_per_step: int
     processes: int
+    sharded: bool = False  # the frozen base is sharded across the processes (FSDP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +147,10 @@ def train(
     report = on_report if (on_report is not None and is_main) else (lambda _: None)
     progress = on_progress if (on_progress is not None and is_main) else (lambda _: None)
 
-    backbone = load_backbone(config.model, config.dtype, str(accelerator.device), config.trust_remote_code)
+    sharded = fsdp_requested() and torch.distributed.is_initialized()
+    # Under FSDP the model is read on the CPU and moved to the device unit by unit while it is sharded.
+    load_device = "cpu" if sharded else str(accelerator.device)
+    backbone = load_backbone(config.model, config.dtype, load_device, config.trust_remote_code)
     data = load_training_data(config, backbone)
     processes, rank = accelerator.num_processes, accelerator.process_index
     examples_per_step = config.batch_size * config.grad_accum * processes
@@ -148,19 +158,24 @@ def train(
 
     torch.manual_seed(config.seed)  # the adapter's initial values
     adapter_config = build_adapter_config(
-        config.method, rank=config.rank, eta=config.eta, dropout=config.dropout, target_modules=config.target_modules
+        config.method, rank=config.rank, eta=config.eta, dropout=config.dropout, target_modules=config.target_modules,
+        **config.adapter_settings,
     )
     method = get_method(config.method)
     inject(backbone.model, adapter_config, method.layer_class, backbone.default_targets)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)  # after inject: it installs the λ-preserving context
+    if sharded:
+        shard(backbone.model, accelerator.device)  # before the optimizer: the parameters become DTensors
     parameters = trainable_parameters(backbone.model)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
     state = TrainingState(step=0, examples_seen=0, losses=[], validation=[], data_fingerprint=data.fingerprint)
     if resume_from is not None:
         state = load_checkpoint(resume_from, backbone, optimizer)
         _check_resumable(config, state, data, steps)
-    model, optimizer = accelerator.prepare(backbone.model, optimizer)
+    model = backbone.model
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.scaler is not None and state.scaler:
         accelerator.scaler.load_state_dict(state.scaler)
     trainer = _on_wrapper(backbone, model)
@@ -170,8 +185,9 @@ def train(
         start_run(config, resuming=resume_from is not None)  # a run resumed before its first checkpoint restarts
     if config.resume:
         report(Resumed(state.step, resume_from))
+    lengths = data.lengths
     report(DataReport(
-        len(data.train), len(data.validation), data.validation_origin, data.lengths, steps, examples_per_step, processes
+        len(data.train), len(data.validation), data.validation_origin, lengths, steps, examples_per_step, processes, sharded
     ))
     record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps}
     order = ExampleOrder(len(data.train), config.seed)
@@ -183,10 +199,13 @@ def train(
     metrics = MetricsLog(config.output, resume_step) if is_main else contextlib.nullcontext()
     with _StopRequests() as stop, metrics as log:
         def checkpoint() -> Path | None:
-            if not is_main or state.step == 0:
+            if state.step == 0:
+                return latest_checkpoint(config.output)
+            gathered = gathered_state(backbone, optimizer)  # every process takes part: a collective under FSDP
+            if not is_main:
                 return latest_checkpoint(config.output)
             state.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            path = save_checkpoint(config.output, backbone, optimizer, state, config.keep_checkpoints, record)
+            path = save_checkpoint(config.output, backbone, gathered, state, config.keep_checkpoints, record)
             report(CheckpointSaved(state.step, path))
             return path
 
@@ -217,7 +236,8 @@ def train(
                 torch.manual_seed(derived_seed(config.seed, "dropout", start))
                 generator = torch.Generator(device=device).manual_seed(derived_seed(config.seed, "mask", start))
                 last = micro == config.grad_accum - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with _micro_batch(accelerator, model, sharded, last):
+                    gather_root(model)
                     out = masked_diffusion_loss(
                         trainer,
                         batch.input_ids.to(device),
@@ -235,7 +255,10 @@ def train(
             step_loss, tokens = totals[0].item() / processes, int(totals[1].item())
             if not math.isfinite(step_loss):
                 raise DllmPeftError(_diverged_message(config, step_loss, state.step + 1))
-            grad_norm = float(accelerator.clip_grad_norm_(parameters, GRAD_CLIP))
+            if sharded:
+                grad_norm = clip_grad_norm(parameters, GRAD_CLIP)
+            else:
+                grad_norm = float(accelerator.clip_grad_norm_(parameters, GRAD_CLIP))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -254,9 +277,10 @@ def train(
             if config.save_every and state.step % config.save_every == 0:
                 checkpoint()
 
+    tensors = full_tensors(adapter_state_dict(backbone.model))  # every process: a collective under FSDP
     if is_main:
         final = {**record, "validation": state.validation[-1] if state.validation else None}
-        save_adapter(backbone, config.output, extra={"training": final})
+        save_adapter(backbone, config.output, extra={"training": final}, tensors=tensors)
     accelerator.wait_for_everyone()
     return TrainResult(
         output=Path(config.output),
@@ -281,15 +305,27 @@ def _accelerator(config: TrainConfig) -> Accelerator:
         raise DllmPeftError(f"--precision {config.precision} needs a CUDA device; on CPU train with --precision fp32")
     else:
         mixed = config.precision
+    if fsdp_requested() and mixed == "fp16":
+        raise DllmPeftError("--precision fp16 is not supported with FSDP (no sharded loss scaler); use bf16")
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        # Checkpoints, validation and λ routing assume every process holds the whole model (see the README).
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
         raise DllmPeftError(
-            f"dllm-peft train runs data-parallel (DDP) under accelerate launch, not "
-            f"{accelerator.distributed_type.value}; launch without the FSDP/DeepSpeed settings "
-            "(each process then holds the frozen base, 16 GB for LLaDA-8B in bf16)"
+            f"dllm-peft train runs DDP or FSDP under accelerate launch, not {accelerator.distributed_type.value}; "
+            "launch with an FSDP config (dllm_peft/accelerate_configs/fsdp_llada_8b.yaml) instead"
         )
     return accelerator
+
+
+def _micro_batch(accelerator: Accelerator, model, sharded: bool, last: bool) -> contextlib.ExitStack:
+    """Gradients are reduced after the last micro-batch only; a sharded model also needs the autocast here, which
+    `accelerator.prepare` adds to an unsharded model's forward."""
+    stack = contextlib.ExitStack()
+    if sharded:
+        stack.enter_context(gradient_sync(model, last))
+        stack.enter_context(accelerator.autocast())
+    elif not last:
+        stack.enter_context(accelerator.no_sync(model))
+    return stack
 
 
 def _on_wrapper(backbone, model):

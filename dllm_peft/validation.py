@@ -35,6 +35,7 @@ from .data import (
 from .diffusion.loss import masked_diffusion_loss
 from .diffusion.schedule import mask_counts_at
 from .models.backbone import Backbone
+from .sharding import gather_root, is_sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,9 @@ def validate(
     """The held-out loss of the adapter in `backbone.model` now; processes share the chunks and sum the results.
 
     Args:
-        backbone: the unwrapped backbone (its forward needs no collective, so processes may run unequal chunks).
+        backbone: the unwrapped backbone. Unsharded, its forward needs no collective and processes may run unequal
+            numbers of chunks; under FSDP every forward gathers weights from all processes, so each runs the same
+            number (surplus turns re-run chunk 0 and drop the result).
         pad_to: EOS padding length of a batch, as in training (None: the longest example of the chunk).
     """
     levels = (None, *config.noise_levels)  # None: λ drawn as in training
@@ -108,9 +111,12 @@ def validate(
     chunks = [examples[start : start + config.batch_size] for start in range(0, len(examples), config.batch_size)]
     was_training = backbone.model.training
     backbone.model.eval()  # no dropout
+    processes = accelerator.num_processes
+    turns = -(-len(chunks) // processes) * processes if is_sharded(backbone.model) else len(chunks)
     try:
-        for index in range(accelerator.process_index, len(chunks), accelerator.num_processes):
-            batch = collate(chunks[index], backbone.eos_id, pad_to)
+        for index in range(accelerator.process_index, turns, processes):
+            surplus = index >= len(chunks)
+            batch = collate(chunks[0 if surplus else index], backbone.eos_id, pad_to)
             input_ids, response_mask = batch.input_ids.to(device), batch.response_mask.to(device)
             lengths = response_mask.sum(dim=1)  # (B,)
             for column, level in enumerate(levels):
@@ -119,10 +125,12 @@ def validate(
                 )
                 counts = None if level is None else mask_counts_at(level, lengths)
                 with accelerator.autocast():
+                    gather_root(backbone.model)
                     out = masked_diffusion_loss(
                         backbone, input_ids, response_mask, generator=generator, mask_counts=counts
                     )
-                sums[column] += out.per_example.double().sum()
+                if not surplus:
+                    sums[column] += out.per_example.double().sum()
     finally:
         backbone.model.train(was_training)
     means = (accelerator.reduce(sums) / len(examples)).tolist()  # (1 + levels,)

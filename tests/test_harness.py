@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -22,6 +25,7 @@ from dllm_peft.errors import DllmPeftError
 from dllm_peft.harness.__main__ import main as harness_main
 from dllm_peft.harness.catalogue import TASKS_DIR
 from dllm_peft.harness.lm import DllmPeftLM
+from dllm_peft.harness.registration import MODEL_MODULE, wrap_get_model
 from dllm_peft.io import save_adapter
 from dllm_peft.registry import build_adapter_config, get_method
 
@@ -100,6 +104,43 @@ def test_python_m_dllm_peft_harness_adds_our_tasks_and_hands_over_to_lm_eval(mon
     assert handed_over == [["lm-eval", "--model", "dllm-peft", "--tasks", "dllm_peft_gsm8k", "--device", "cpu",
                             "--include_path", str(TASKS_DIR)]]
 
+
+
+def test_the_startup_hook_is_installed_and_imports_neither_torch_nor_lm_eval():
+    probe = "import sys; print(sorted(m for m in ('torch', 'lm_eval', 'dllm_peft.harness.registration') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['dllm_peft.harness.registration']", "reinstall the package: dllm_peft_lm_eval.pth is missing"
+
+
+def test_the_wrapped_get_model_imports_our_module_only_when_asked_for_dllm_peft(monkeypatch):
+    asked, imported = [], []
+    registry = type(sys)("fake_registry")  # a dict-style registry, as in older lm-eval versions
+    registry.get_model = lambda name: asked.append(name) or name
+    monkeypatch.setattr("importlib.import_module", lambda name: imported.append(name))
+    wrap_get_model(registry)
+    wrap_get_model(registry)  # idempotent
+    assert (registry.get_model("hf"), imported) == ("hf", [])
+    assert (registry.get_model("dllm-peft"), imported, asked) == ("dllm-peft", [MODEL_MODULE], ["hf", "dllm-peft"])
+
+
+def test_the_plain_lm_eval_command_runs_dllm_peft_with_an_adapter(tmp_path, backbone):
+    script = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which("lm_eval")
+    if script is None:
+        pytest.skip("the lm_eval console script is not on PATH")
+    method = get_method("nara")
+    inject(backbone.model, build_adapter_config("nara", rank=4), method.layer_class, backbone.default_targets)
+    save_adapter(backbone, tmp_path / "adapter")
+    write_llm_adapters_folder(tmp_path)
+    model_args = f"pretrained=tiny-llada,adapter={tmp_path / 'adapter'},mc_num=2,data_dir={tmp_path}"
+    command = [script, "--model", "dllm-peft", "--model_args", model_args, "--tasks", "dllm_peft_boolq_mc",
+               "--include_path", str(TASKS_DIR), "--limit", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert results["results"]["dllm_peft_boolq_mc"]["acc,none"] in (0.0, 0.5, 1.0)
+    assert results["config"]["adapter"] == str(tmp_path / "adapter")
+    assert results["config"]["model_args"]["pretrained"] == "tiny-llada"
 
 # -- the command line -----------------------------------------------------------------------------------------------
 def run(argv, capsys):

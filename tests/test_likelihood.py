@@ -22,7 +22,6 @@ from dllm_peft.registry import build_adapter_config, get_method
 from .conftest import randomize_adapter
 
 
-
 def requests_of(backbone, texts):
     return [(backbone.encode(prompt), backbone.encode(answer)) for prompt, answer in texts]
 
@@ -104,3 +103,14 @@ def test_greedy_match_is_true_for_the_greedy_answer_only(backbone):
 def test_an_empty_answer_is_a_clear_error(backbone):
     with pytest.raises(DllmPeftError, match="empty answer"):
         log_likelihoods(backbone, [(backbone.encode("a"), [])], mc_num=4)
+
+
+def test_options_with_equal_lengths_share_their_fully_masked_row(backbone):
+    prompt = backbone.encode("Which letter?\nAnswer:")
+    options = [(prompt, backbone.encode(letter)) for letter in "ABCD"]  # one token each: one possible sample
+    rows = []
+    batched = log_likelihoods(backbone, options, mc_num=32, batch_size=8, seed=2,
+                              on_rows=lambda n, total: rows.append(total))
+    reference = [reference_log_likelihood(backbone, p, a, mc_num=32, batch_size=8, seed=2) for p, a in options]
+    assert rows == [1] and batched == pytest.approx(reference, abs=1e-5)
+    assert len(set(batched)) == 4  # one forward row, four different targets

@@ -141,3 +141,65 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(batch):
     assert plain_grads.keys() == checkpointed_grads.keys()
     for name in plain_grads:
         torch.testing.assert_close(plain_grads[name], checkpointed_grads[name], msg=name)
+
+
+# -- the inference shortcuts (adapters/nara.py, "Speed") ------------------------------------------------------------
+def test_inference_remembers_the_core_and_equals_the_autograd_path_until_a_parameter_changes(batch):
+    nara = nara_backbone()
+    randomize_adapter(nara.model, scale=0.2)
+
+    def with_autograd(level):
+        with noise_level(nara.model, level):
+            return nara.logits(batch.input_ids).detach()
+
+    for level in (0.3, 0.3, torch.tensor([0.3, 0.6, 0.3, 0.9])):  # a λ seen before, then a mixed batch
+        with torch.inference_mode():
+            remembered = logits(nara, batch.input_ids, level)
+        torch.testing.assert_close(remembered, with_autograd(level))
+    # cores remembered under inference mode also serve plain no_grad forwards
+    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), with_autograd(0.3))
+    with torch.no_grad():
+        find_router(nara.model).shared["shared"].hypernetwork[0].weight.mul_(2.0)  # moves the version counter
+    changed = with_autograd(0.3)
+    assert not torch.allclose(changed[0], remembered[0])
+    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), changed)
+
+
+def test_the_core_runs_the_hypernetwork_once_per_distinct_noise_level_and_remembers_it_without_autograd():
+    core = NoiseCore(NaraConfig(rank=4))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in core.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    rows = []
+    core.hypernetwork.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    levels = torch.tensor([0.5, 0.25, 0.5, 0.25])
+    with_grad = core(levels)
+    assert rows == [2] and with_grad.shape == (4, 4, 4)  # two distinct λ, one batched F call
+    assert core(torch.tensor([0.5, 0.5])).shape == (1, 4, 4)  # one λ for the batch: one core that broadcasts
+    rows.clear()
+    with torch.no_grad():
+        remembered = core(levels)
+        core(levels)
+    assert rows == [1, 1]  # each new λ alone, once; the second call is served from memory
+    torch.testing.assert_close(remembered, with_grad.detach())
+    with torch.no_grad():
+        core.hypernetwork[-1].bias.add_(1.0)  # a parameter change empties the memory
+        assert not torch.allclose(core(levels), remembered)
+    assert rows == [1, 1, 1, 1]
+
+
+def test_gradients_at_one_noise_level_equal_those_of_a_mixed_batch(batch):
+    def gradients(levels_and_rows):
+        torch.manual_seed(0)  # the Fourier frequencies are drawn at injection
+        nara = nara_backbone()
+        randomize_adapter(nara.model, scale=0.2)
+        for level, rows in levels_and_rows:
+            with noise_level(nara.model, level):
+                nara.logits(batch.input_ids[rows]).square().mean().backward()
+        return {n: p.grad for n, p in nara.model.named_parameters() if p.requires_grad}
+
+    mixed = gradients([(torch.tensor([0.2, 0.7]), [0, 1])])  # per-sample cores, one batched product per layer
+    alone = gradients([(0.2, [0]), (0.7, [1])])  # one core each: the single-λ path
+    for name in mixed:  # the mean over 2 rows is half the sum of the two 1-row means
+        torch.testing.assert_close(mixed[name] * 2, alone[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -179,3 +179,38 @@ def test_metrics_log_feeds_tensorboard_and_drops_what_a_killed_run_wrote_after_i
     (_, first_purge, scalars), (_, resume_purge, _) = RecordingWriter.runs
     assert first_purge is None and resume_purge == 3
     assert ("validation/loss_by_noise_level/0.9", 2.0, 3) in scalars and ("train/lr", 0.1, 2) in scalars
+
+
+# -- --adapter-option: method-specific settings, part of what a run trains -------------------------------------------
+def test_adapter_option_sets_the_method_config_and_cannot_change_on_resume(tmp_path, capsys):
+    output = str(tmp_path / "o")
+    argv = ["train", "--method", "multilora", "--adapter-option", "bins=2", "--output", output, "--max-steps", "2",
+            "--rank", "4", "--val-size", "0", "--save-every", "1"]
+    code, _, _ = run_cli(argv, capsys)
+    assert code in (0, None)
+    assert read_adapter(output)[0]["bins"] == 2  # the default is 4
+    assert json.loads((tmp_path / "o" / "train_config.json").read_text())["adapter_option"] == ["bins=2"]
+    code, _, err = run_cli(["train", "--output", output, "--resume", "--adapter-option", "bins=3"], capsys)
+    assert code == 2 and "--adapter-option ('bins=3',) differs from the run being resumed" in " ".join(err.split())
+    code, _, _ = run_cli(["train", "--output", output, "--resume", "--max-steps", "3"], capsys)  # keeps bins=2
+    assert code in (0, None) and read_adapter(output)[0]["bins"] == 2
+
+
+def test_adapter_option_in_a_settings_file(tmp_path, capsys):
+    settings = write(tmp_path / "run.yaml", "method: trajectory\nadapter-option: {ranks: [4, 2, 1], modules: 1}\n")
+    code, _, _ = run_cli(["train", "--config", settings, "--output", str(tmp_path / "o"), "--max-steps", "1",
+                          "--val-size", "0"], capsys)
+    assert code in (0, None)
+    record = read_adapter(tmp_path / "o")[0]
+    assert record["ranks"] == [4, 2, 1] and record["modules"] == 1
+
+
+def test_adapter_option_values_take_the_field_types_and_mistakes_list_the_valid_keys(tmp_path, capsys):
+    config = TrainConfig(method="nara", adapter_option=["hidden_sizes=32,64", "embedding=mlp", "groups=q_proj;v_proj"])
+    assert config.adapter_option == ("hidden_sizes=32,64", "embedding=mlp", "groups=q_proj;v_proj")
+    assert config.adapter_settings == {"hidden_sizes": (32, 64), "embedding": "mlp", "groups": (("q_proj",), ("v_proj",))}
+    keys = "valid keys for multilora: scale, bins"
+    refused(tmp_path, capsys, ["--method", "multilora", "--adapter-option", "bins=two"], f"'two' is not an integer; {keys}")
+    refused(tmp_path, capsys, ["--method", "multilora", "--adapter-option", "binz=2"], f"known key; {keys}")
+    refused(tmp_path, capsys, ["--method", "lora", "--adapter-option", "rank=8"], "rank has its own flag, pass --rank")
+    refused(tmp_path, capsys, ["--method", "multilora", "--adapter-option", "bins=0"], "bins must be a positive integer")

@@ -1,27 +1,38 @@
 """Peak memory of `load_backbone` on a sharded checkpoint, against the naive way (build the model, then load a state
 dict into it). Each load runs in a fresh subprocess, so its peak resident set size (VmHWM) is its own.
 
-    python benchmarks/backbone_loading/run.py      # writes benchmarks/results/backbone_loading.json (about a minute)
+    python benchmarks/backbone_loading/run.py          # writes benchmarks/results/backbone_loading.json (1–2 min)
+    python benchmarks/backbone_loading/run.py --quick  # a model of ≈ 17 M parameters instead of ≈ 135 M
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "backbone_loading.json"
-SHAPE = dict(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=8, mlp_hidden_size=4096)  # ≈ 135 M parameters
+# Per mode: the model's shape and the shard size, chosen so that each mode writes several shards (7 and 8).
+SHAPES = {
+    "full": (dict(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=8, mlp_hidden_size=4096), "100MB"),  # ≈ 135 M
+    "quick": (dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=2048), "10MB"),  # ≈ 17 M
+}
 
 WRITE = """
 import sys, torch
 from dllm_peft.models.byte_tokenizer import ByteTokenizer
 from dllm_peft.models.llada import LLaDAModelLM, tiny_llada_config
 model = LLaDAModelLM(tiny_llada_config(**{shape}))
-model.save_pretrained(sys.argv[1], max_shard_size="100MB")
+model.save_pretrained(sys.argv[1], max_shard_size="{shard_size}")
 ByteTokenizer().save_pretrained(sys.argv[1])
 """
 
@@ -66,9 +77,21 @@ def run(code: str, *args: str) -> str:
 
 
 def main() -> None:
-    results = {"model_shape": SHAPE, "loads": []}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a model of ≈ 17 M parameters instead of ≈ 135 M")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    mode = "quick" if args.quick else "full"
+    shape, shard_size = SHAPES[mode]
+    results = {
+        "command": " ".join(["python", "benchmarks/backbone_loading/run.py", *sys.argv[1:]]),
+        "mode": mode,
+        "model_shape": shape,
+        "loads": [],
+    }
     with tempfile.TemporaryDirectory() as directory:
-        run(WRITE.format(shape=SHAPE), directory)
+        run(WRITE.format(shape=shape, shard_size=shard_size), directory)
         results["shards"] = len(list(Path(directory).glob("*.safetensors")))
         for dtype in ("float32", "bfloat16"):
             for how in ("load_backbone", "naive"):
@@ -78,8 +101,8 @@ def main() -> None:
                     "peak_rss_growth_mib": round(rss, 1), "peak_anonymous_growth_mib": round(anonymous, 1),
                     "anonymous_over_model_size": round(anonymous / size, 2),
                 })
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_bytes(args.output, (json.dumps(results, indent=2) + "\n").encode())
     print(json.dumps(results, indent=2))
 
 

@@ -1,12 +1,18 @@
 """Requests/s of the batched Monte-Carlo log-likelihood against the one-request-at-a-time reference (LLaDA's loop).
 
 Both compute the same estimate (the same samples per request; the largest difference is written down) at the same
-`mc_num` and the same number of rows per forward pass. The batched estimator gains where the reference wastes work:
-identical samples of a short answer are computed once, and rows of several requests fill a forward pass that one
-request alone would leave part-empty. Workloads are multiple-choice sets built from the built-in tasks (no
-download): each prompt with four candidate answers, of short, medium or long length in byte-level tokens.
+`mc_num` and the same number of rows per forward pass, on the default model `dllm-tiny`. Workloads are the requests
+lm-eval sends for multiple-choice tasks (one request per option, the options sharing their context): the real
+commonsense test files of `--data-dir` (boolq, arc_easy, piqa; skipped when the folder is absent), the arc_easy
+questions asked MMLU-style (options listed in the context, the letters as continuations), and multiple-choice sets
+built from the built-in tasks (each prompt with its own answer and three others; short, medium or long answers).
+
+Besides the times, each workload records the work of both arms: forward rows and tokens (padding included), counted
+in one extra untimed call. On a CPU a forward pass costs in proportion to its tokens, so the token ratio is the
+speedup to expect; the measured speedup is the ratio of the medians of interleaved repeats.
 
     python benchmarks/loglikelihood/run.py            # writes benchmarks/results/loglikelihood.json
+    python benchmarks/loglikelihood/run.py --quick    # a reduced run (mc_num 32, fewer requests), same schema
 """
 
 from __future__ import annotations
@@ -15,89 +21,185 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
+from dllm_peft.atomic import atomic_write_bytes
 from dllm_peft.builtin_tasks import task_records
 from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
-from dllm_peft.io import atomic_write_bytes
-from dllm_peft.models import tiny_llada
+from dllm_peft.errors import DllmPeftError
+from dllm_peft.harness.documents import load_documents
+from dllm_peft.models import DEFAULT_MODEL_NAME, load_backbone
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "loglikelihood.json"
-WORKLOADS = {"short answers (addition)": "addition", "medium answers (reverse)": "reverse",
-             "long answers (uppercase)": "uppercase"}
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "loglikelihood.json"
+DATA_DIR = ROOT.parent / "shared" / "data" / "llm-adapters"
+REAL_TASKS = ("boolq", "arc_easy", "piqa")
+BUILTIN_WORKLOADS = {"addition": "short answers", "reverse": "medium answers", "uppercase": "long answers"}
+SETTINGS = {"full": {"mc_num": [8, 32, 128], "questions": 4, "repeats": 3},
+            "quick": {"mc_num": [32], "questions": 3, "repeats": 1}}
+
+Requests = list[tuple[list[int], list[int]]]
 
 
-def multiple_choice_requests(backbone, task: str, prompts: int) -> list[tuple[list[int], list[int]]]:
-    """Each prompt with its own answer and three others, as lm-eval's multiple-choice tasks send them."""
-    records = task_records(task, "test", prompts + 3)
+def real_requests(backbone, task: str, data_dir: Path, questions: int) -> Requests:
+    """lm-eval's multiple-choice requests for the first `questions` documents: context, then " " + each option."""
+    documents = load_documents(task, str(data_dir), fewshot=False)["test"][:questions]
+    return [(backbone.encode(doc["context"]), backbone.encode(" " + choice))
+            for doc in documents for choice in doc["choices"]]
+
+
+def letter_requests(backbone, task: str, data_dir: Path, questions: int) -> Requests:
+    """The same documents asked MMLU-style: the options listed in the context, the letters as the continuations."""
+    documents = load_documents(task, str(data_dir), fewshot=False)["test"][:questions]
     requests = []
-    for index in range(prompts):
-        context = backbone.encode(records[index]["prompt"])
-        requests += [(context, backbone.encode(records[index + shift]["response"])) for shift in range(4)]
+    for doc in documents:
+        letters = "ABCDEFGH"[: len(doc["choices"])]
+        listed = "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, doc["choices"]))
+        context = backbone.encode(doc["context"].removesuffix("\nAnswer:") + listed + "\nAnswer:")
+        requests += [(context, backbone.encode(" " + letter)) for letter in letters]
     return requests
 
 
-def one_request_at_a_time(backbone, requests, mc_num: int, batch_size: int) -> list[float]:
+def builtin_requests(backbone, task: str, questions: int) -> Requests:
+    """Each prompt of a built-in task with its own answer and the next three prompts' answers as the options."""
+    records = task_records(task, "test", questions + 3)
+    return [(backbone.encode(records[index]["prompt"]), backbone.encode(records[index + shift]["response"]))
+            for index in range(questions) for shift in range(4)]
+
+
+def workloads(backbone, data_dir: Path, questions: int) -> tuple[dict[str, Requests], list[str]]:
+    found, skipped = {}, []
+    for task in REAL_TASKS:
+        try:
+            found[f"{task} (test file)"] = real_requests(backbone, task, data_dir, questions)
+        except DllmPeftError as error:
+            skipped.append(f"{task}: {error}")
+    if "arc_easy (test file)" in found:
+        found["arc_easy, letter answers (MMLU-style)"] = letter_requests(backbone, "arc_easy", data_dir, questions)
+    for task, label in BUILTIN_WORKLOADS.items():
+        found[f"{label} (built-in {task})"] = builtin_requests(backbone, task, questions)
+    return found, skipped
+
+
+def reference_arm(backbone, requests: Requests, mc_num: int, batch_size: int) -> list[float]:
     return [reference_log_likelihood(backbone, prompt, answer, mc_num, batch_size) for prompt, answer in requests]
 
 
-def fastest(run, repeats: int) -> tuple[float, list[float]]:
-    best, values = float("inf"), []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        values = run()
-        best = min(best, time.perf_counter() - started)
-    return best, values
+def batched_arm(backbone, requests: Requests, mc_num: int, batch_size: int) -> list[float]:
+    return log_likelihoods(backbone, requests, mc_num, batch_size)
+
+
+def forward_work(backbone, arm, requests: Requests, mc_num: int, batch_size: int) -> dict[str, int]:
+    """Forward passes, rows and tokens (padding included) that one call of `arm` runs."""
+    work = {"passes": 0, "rows": 0, "tokens": 0}
+    logits = backbone.logits
+
+    def counting(input_ids, *args, **kwargs):
+        work["passes"] += 1
+        work["rows"] += input_ids.shape[0]
+        work["tokens"] += input_ids.numel()
+        return logits(input_ids, *args, **kwargs)
+
+    backbone.logits = counting
+    try:
+        arm(backbone, requests, mc_num, batch_size)
+    finally:
+        del backbone.logits  # back to the class method
+    return work
+
+
+def timed(arm, backbone, requests: Requests, mc_num: int, batch_size: int) -> tuple[float, list[float]]:
+    started = time.perf_counter()
+    values = arm(backbone, requests, mc_num, batch_size)
+    return time.perf_counter() - started, values
+
+
+def measure(backbone, requests: Requests, mc_num: int, batch_size: int, repeats: int) -> dict:
+    seconds = {"reference": [], "batched": []}
+    values = {}
+    for repeat in range(repeats):  # interleaved, alternating which arm goes first
+        order = ("reference", "batched") if repeat % 2 == 0 else ("batched", "reference")
+        for name in order:
+            arm = reference_arm if name == "reference" else batched_arm
+            elapsed, values[name] = timed(arm, backbone, requests, mc_num, batch_size)
+            seconds[name].append(elapsed)
+    reference_work = forward_work(backbone, reference_arm, requests, mc_num, batch_size)
+    batched_work = forward_work(backbone, batched_arm, requests, mc_num, batch_size)
+    reference_s, batched_s = statistics.median(seconds["reference"]), statistics.median(seconds["batched"])
+    lengths = [len(answer) for _, answer in requests]
+    return {
+        "requests": len(requests),
+        "answer_tokens": {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)},
+        "mc_num": mc_num,
+        "reference_requests_per_s": round(len(requests) / reference_s, 2),
+        "batched_requests_per_s": round(len(requests) / batched_s, 2),
+        "speedup": round(reference_s / batched_s, 2),
+        "token_ratio": round(reference_work["tokens"] / batched_work["tokens"], 2),
+        "reference_work": reference_work,
+        "batched_work": batched_work,
+        "seconds": {name: [round(value, 3) for value in times] for name, times in seconds.items()},
+        "max_abs_difference": max(abs(x - y) for x, y in zip(values["reference"], values["batched"])),
+    }
+
+
+def markdown_table(rows: list[dict], mc_nums: list[int]) -> str:
+    """speedup (token ratio) per workload and mc_num."""
+    lines = ["| workload (answer tokens) | " + " | ".join(f"mc_num {mc}" for mc in mc_nums) + " |",
+             "|---|" + "---|" * len(mc_nums)]
+    for workload in dict.fromkeys(row["workload"] for row in rows):
+        mine = {row["mc_num"]: row for row in rows if row["workload"] == workload}
+        tokens = next(iter(mine.values()))["answer_tokens"]
+        cells = [f"{mine[mc]['speedup']}× ({mine[mc]['token_ratio']}×)" for mc in mc_nums]
+        lines.append(f"| {workload} ({tokens['min']}–{tokens['max']}, mean {tokens['mean']}) | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mc-num", type=int, nargs="+", default=[8, 32, 128])
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per workload (four requests each)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run: mc_num 32, 3 questions, 1 repeat")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="LLM-Adapters folder of the real tasks")
+    parser.add_argument("--mc-num", type=int, nargs="+", help="override the mode's mc_num values")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass, for both (LLaDA's default)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
     arguments = parser.parse_args()
-    torch.set_num_threads(arguments.threads)
-    backbone = tiny_llada(seed=0)
+    mode = "quick" if arguments.quick else "full"
+    settings = dict(SETTINGS[mode], **({"mc_num": arguments.mc_num} if arguments.mc_num else {}))
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    backbone = load_backbone(arguments.model, dtype="float32", device="cpu")
+    found, skipped = workloads(backbone, arguments.data_dir, settings["questions"])
     rows = []
-    for workload, task in WORKLOADS.items():
-        requests = multiple_choice_requests(backbone, task, arguments.prompts)
-        lengths = [len(answer) for _, answer in requests]
-        for mc_num in arguments.mc_num:
-            reference_seconds, reference = fastest(
-                partial(one_request_at_a_time, backbone, requests, mc_num, arguments.batch_size), arguments.repeats
-            )
-            batched_seconds, batched = fastest(
-                partial(log_likelihoods, backbone, requests, mc_num, arguments.batch_size), arguments.repeats
-            )
-            rows.append({
-                "workload": workload,
-                "answer_tokens": {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
-                                  "max": max(lengths)},
-                "requests": len(requests),
-                "mc_num": mc_num,
-                "reference_requests_per_s": round(len(requests) / reference_seconds, 2),
-                "batched_requests_per_s": round(len(requests) / batched_seconds, 2),
-                "speedup": round(reference_seconds / batched_seconds, 2),
-                "max_abs_difference": max(abs(x - y) for x, y in zip(reference, batched)),
-            })
-            print(json.dumps(rows[-1]))
+    for workload, requests in found.items():
+        for mc_num in settings["mc_num"]:
+            rows.append({"workload": workload, **measure(backbone, requests, mc_num, arguments.batch_size,
+                                                          settings["repeats"])})
+            print(json.dumps({key: rows[-1][key] for key in ("workload", "mc_num", "speedup", "token_ratio")}),
+                  flush=True)
+    table = markdown_table(rows, settings["mc_num"])
     report = {
         "benchmark": "Monte-Carlo log-likelihood: batched across requests vs one request at a time",
-        "model": "tiny-llada (2 blocks, d_model 64, byte tokenizer)",
-        "settings": {"rows_per_forward": arguments.batch_size, "torch_threads": arguments.threads,
-                     "repeats": arguments.repeats, "timing": "fastest repeat"},
+        "command": " ".join(["python", "benchmarks/loglikelihood/run.py", *sys.argv[1:]]),
+        "mode": mode,
+        "model": arguments.model,
+        "settings": {"rows_per_forward": arguments.batch_size, "torch_threads": 1, "questions": settings["questions"],
+                     "repeats": settings["repeats"], "timing": "median of interleaved repeats"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "goal": "batched >= 3x the reference's requests/s at the same mc_num",
+        "skipped": skipped,
         "results": rows,
+        "table": table,
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    atomic_write_bytes(RESULTS, (json.dumps(report, indent=2) + "\n").encode())
-    print(f"wrote {RESULTS}")
+    atomic_write_bytes(arguments.output, (json.dumps(report, indent=2) + "\n").encode())
+    print(table)
+    print(f"wrote {arguments.output}")
 
 
 if __name__ == "__main__":

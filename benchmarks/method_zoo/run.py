@@ -1,10 +1,11 @@
-"""Method-zoo benchmark: `python benchmarks/method_zoo/run.py` → `benchmarks/results/method_zoo.json`.
+"""Method-zoo benchmark: `python benchmarks/method_zoo/run.py [--quick]` → `benchmarks/results/method_zoo.json`.
 
 For every registered method: `train()` (what `dllm-peft train --method M --max-steps 20` runs) on the default model
 and data, then the validation loss before and after (the loop validates at step 0 and at the end; the mean over the
 fixed noise levels λ ∈ {0.1, 0.3, 0.5, 0.7, 0.9} has no sampling noise, so a drop is a real drop), the trainable count
 `train` reports and the one `dllm-peft inspect ADAPTER --model M` prints, and the wall time. One torch thread: the
-machine is shared, and two threads on two busy cores are many times slower than one.
+machine is shared, and two threads on two busy cores are many times slower than one. `--quick` trains 4 steps instead
+of 20 (every method still runs; the losses say less).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dllm_peft.summary import adapter_in_backbone  # noqa: E402
 from dllm_peft.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "method_zoo.json"
+STEPS = {"full": 20, "quick": 4}
 
 
 def fixed_level_mean(report) -> float:
@@ -59,20 +61,27 @@ def run_method(method: str, model: str, steps: int, lr: float, directory: Path) 
     }
 
 
-def write_run(model: str, record: dict) -> None:
-    """Store this run under its model name in the results file, keeping the runs of other models."""
-    runs = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else {}
+def write_run(path: Path, model: str, record: dict) -> None:
+    """Store this run under its model name in the results file, keeping the runs of other models; the top-level
+    `command`, `mode` and `wall_seconds` are those of the latest run."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
     runs[model] = record
-    atomic_write_bytes(RESULTS, (json.dumps({"runs": runs}, indent=2) + "\n").encode())
+    latest = {key: record[key] for key in ("command", "mode", "wall_seconds")}
+    atomic_write_bytes(path, (json.dumps({**latest, "runs": runs}, indent=2) + "\n").encode())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, help=f"default: {STEPS['full']} ({STEPS['quick']} with --quick)")
     parser.add_argument("--lr", type=float, default=TrainConfig().lr)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--quick", action="store_true", help=f"{STEPS['quick']} training steps per method")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write (runs of other models kept)")
     args = parser.parse_args()
+    started = time.perf_counter()
+    mode = "quick" if args.quick else "full"
+    args.steps = args.steps or STEPS[mode]
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -85,6 +94,8 @@ def main() -> None:
                 f"{row['seconds']:.1f}s"
             )
     record = {
+        "command": " ".join(["python", "benchmarks/method_zoo/run.py", *sys.argv[1:]]),
+        "mode": mode,
         "model": args.model,
         "data": TrainConfig().data,
         "steps": args.steps,
@@ -95,9 +106,10 @@ def main() -> None:
         "all_losses_drop": all(row["validation_loss_drops"] for row in results.values()),
         "all_counts_agree": all(row["counts_agree"] for row in results.values()),
         "methods": results,
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    write_run(args.model, record)
-    print(f"wrote {RESULTS}")
+    write_run(args.output, args.model, record)
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ its own; the ratio is the median over those runs.
     python benchmarks/train_throughput/run.py            # 40 timed steps per arm + 3 memory runs each
     python benchmarks/train_throughput/run.py --quick    # 8 timed steps + 1 memory run each, a smoke run
 
-Writes benchmarks/results/train_throughput.json.
+Writes benchmarks/results/train_throughput.json (or --output PATH), with the command, the mode and the wall seconds.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--memory-runs", type=int, default=3, help="fresh processes per arm for peak RSS")
     parser.add_argument("--quick", action="store_true", help="8 timed steps, 1 memory run per arm")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
     parser.add_argument("--worker", choices=("timing", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,6 +148,7 @@ def main() -> None:
         result = timing(args.warmup, args.steps) if args.worker == "timing" else memory(args.arm, args.steps)
         print(json.dumps(result))
         return
+    started = time.perf_counter()
     if args.quick:
         args.steps, args.memory_runs = 8, 1
     speed = in_subprocess("timing", ARMS[0], args.warmup, args.steps)
@@ -181,6 +183,9 @@ def main() -> None:
     import torch
 
     result = {
+        "command": " ".join(["python", "benchmarks/train_throughput/run.py", *sys.argv[1:]]),
+        "mode": "quick" if args.quick else "full",
+        "wall_seconds": time.perf_counter() - started,
         "setup": {
             "model": {"family": "llada", **MODEL, "vocab": "byte (264 rows)"},
             "batch": BATCH,
@@ -202,8 +207,8 @@ def main() -> None:
         "per_step": {"cpu_step_seconds": cpu, "wall_step_seconds": wall},
         "memory_runs": memory_runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"median": median, "ratios": ratios, "goals_met": goals}, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""Trajectory-router benchmark: `python benchmarks/trajectory_router/run.py` → `results/trajectory_router.json`.
+"""Trajectory-router benchmark: `python benchmarks/trajectory_router/run.py [--quick]` → `trajectory_router.json`.
 
 LoRA-Diffusion's composition, end to end: two trajectory adapters are trained with `train()` (what
 `dllm-peft train --method trajectory` runs), one on `builtin:uppercase` and one on `builtin:reverse`; they are
@@ -10,7 +10,8 @@ batches (`train_router`), and the composition samples the test prompts of both t
     composition should come close to the specialist on each task without being told the task;
   * exact-match accuracy of the same four models on the test prompts (meaningful once the default model is a trained
     one; on random weights every answer is wrong).
-One torch thread (the machine is shared).
+One torch thread (the machine is shared). `--quick` trains 30 steps instead of 300 (adapters and router) on 32
+examples per task and tests 8 prompts per task: the same schema, for a smoke run; its figures say little.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +50,11 @@ from dllm_peft.train import train  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "trajectory_router.json"
 TASKS = ("uppercase", "reverse")
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
+# Per mode: steps of each adapter and of the router, router examples per task, test prompts per task.
+SIZES = {
+    "full": {"adapter_steps": 300, "router_steps": 300, "router_examples": 256, "test_prompts": 32},
+    "quick": {"adapter_steps": 30, "router_steps": 30, "router_examples": 32, "test_prompts": 8},
+}
 
 
 def examples(backbone, task: str, split: str, count: int):
@@ -89,23 +96,32 @@ def sampled(backbone, task: str, count: int, settings: SamplerConfig, routed: bo
     return correct / len(records), weights
 
 
-def write_run(model: str, record: dict) -> None:
-    """Store this run under its model name in the results file, keeping the runs of other models."""
-    runs = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else {}
+def write_run(path: Path, model: str, record: dict) -> None:
+    """Store this run under its model name in the results file, keeping the runs of other models; the top-level
+    `command`, `mode` and `wall_seconds` are those of the latest run."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
     runs[model] = record
-    atomic_write_bytes(RESULTS, (json.dumps({"runs": runs}, indent=2) + "\n").encode())
+    latest = {key: record[key] for key in ("command", "mode", "wall_seconds")}
+    atomic_write_bytes(path, (json.dumps({**latest, "runs": runs}, indent=2) + "\n").encode())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--adapter-steps", type=int, default=300)
+    parser.add_argument("--adapter-steps", type=int, help="default: 300 (30 with --quick)")
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
-    parser.add_argument("--router-steps", type=int, default=300)
+    parser.add_argument("--router-steps", type=int, help="default: 300 (30 with --quick)")
     parser.add_argument("--router-lr", type=float, default=3e-3)
-    parser.add_argument("--router-examples", type=int, default=256, help="training examples per task for the router")
-    parser.add_argument("--test-prompts", type=int, default=32)
+    parser.add_argument("--router-examples", type=int, help="router training examples per task; default: 256 (32)")
+    parser.add_argument("--test-prompts", type=int, help="test prompts per task; default: 32 (8 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 30 steps, 8 test prompts per task")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write (runs of other models kept)")
     args = parser.parse_args()
+    started = time.perf_counter()
+    mode = "quick" if args.quick else "full"
+    for name, value in SIZES[mode].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     torch.set_num_threads(1)
     settings = SamplerConfig(gen_length=16, steps=16, block_length=16)
 
@@ -150,6 +166,8 @@ def main() -> None:
                     }  # fmt: skip
 
     record = {
+        "command": " ".join(["python", "benchmarks/trajectory_router/run.py", *sys.argv[1:]]),
+        "mode": mode,
         "model": args.model,
         "adapter_training": {"steps": args.adapter_steps, "lr": args.adapter_lr, "method": "trajectory"},
         "router_training": {
@@ -162,10 +180,11 @@ def main() -> None:
         "exact_match": accuracy,
         "machine": platform.platform(),
         "torch": torch.__version__,
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    write_run(args.model, record)
+    write_run(args.output, args.model, record)
     print(json.dumps({"router_weights_while_sampling": router, "test_loss_at_fixed_levels": losses}, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

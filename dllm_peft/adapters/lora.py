@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterConfig, AdapterLayer
@@ -28,10 +29,13 @@ class LoraLayer(AdapterLayer):
 
     def project_down(self, x: torch.Tensor) -> torch.Tensor:
         """A · dropout(x): (..., in) → (..., r), computed in the adapter's dtype."""
-        return self.adapter_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T
+        # F.linear, not `x @ A.T`: one fused op whose backward is two plain matrix products (no transposed views).
+        return F.linear(self.adapter_dropout(x).to(self.lora_A.dtype), self.lora_A)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.config.scale * (self.project_down(x) @ self.lora_B.T)  # (..., out)
+        update = F.linear(self.project_down(x), self.lora_B)  # (..., out)
+        # The default scale 1 costs a full-size multiply forward and backward; skipping it changes no bit.
+        return update if self.config.scale == 1.0 else self.config.scale * update
 
     def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ΔW as a product `left @ right` that merge, export and inspect use without forming it densely.

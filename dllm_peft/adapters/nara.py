@@ -9,6 +9,14 @@ Fourier embedding with σ = 16 (no 2π factor), F = Linear(64→256) → SiLU �
 Differences from the reference, on purpose: C is computed per sample, shape (B, r, r), so batches may mix noise
 levels (the reference supports batch size 1 only); F always runs in float32, also under autocast.
 
+Speed (the sampler's case: every step is a forward at a new λ, often one λ for the whole batch). F has as many
+parameters as a small model (673 k at r = 32), so running it is what costs, not the r × r products:
+* F runs once per *distinct* λ of a batch, and a batch at one λ gets a single (1, r, r) core, applied as one
+  (…, r) × (r, r) product per layer (mixed λ: one batched product per layer);
+* without autograd (sampling, evaluation) C(λ) is remembered per λ value until a core parameter changes (its
+  version counter moves; writes through `.data` bypass it, call `forget()` after those), so a λ seen before —
+  every prompt of an evaluation walks the same λ grid k / gen_length — skips F.
+
 NaRA-C (the paper's ablation) replaces C(λ) by a learned constant I + η · P with P starting at zero.
 """
 
@@ -18,6 +26,7 @@ import dataclasses
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..conditioning import as_noise_level
@@ -92,6 +101,7 @@ class NoiseCore(nn.Module):
     """C(λ) = I + η · reshape(F(e(λ)), r, r): (B,) → (B, r, r), in float32 whatever the autocast state."""
 
     needs_noise_level = True
+    memo_size = 1024  # remembered λ values (r² floats each); the sampler's λ grid is gen_length + 1 values
 
     def __init__(self, config: NaraConfig):
         super().__init__()
@@ -111,16 +121,55 @@ class NoiseCore(nn.Module):
         nn.init.zeros_(last.weight)  # identity-plus-deviation: C = I at step 0
         nn.init.zeros_(last.bias)
         self.hypernetwork = nn.Sequential(*layers, last)
+        self._memo: dict[float, torch.Tensor] = {}  # λ → (r, r), valid while `_memo_stamp` matches the parameters
+        self._memo_stamp: tuple = ()
+        self._submodules = list(self.modules())  # a plain list: read per forward, cheaper than `parameters()`
 
     def forward(self, noise_level: torch.Tensor | None) -> torch.Tensor:
+        """C for each λ of `noise_level` (B,): (B, r, r), or (1, r, r) when every λ is the same."""
         if noise_level is None:
             raise DllmPeftError("NaRA's core needs a noise level")
+        if not torch.is_grad_enabled():
+            return self._remembered(noise_level)
+        levels, inverse = torch.unique(noise_level, return_inverse=True)  # F once per distinct λ
+        cores = self._compute(levels)  # (U, r, r)
+        return cores if len(levels) == 1 else cores[inverse]
+
+    def _compute(self, levels: torch.Tensor) -> torch.Tensor:
+        """I + η · reshape(F(e(λ)), r, r) for `levels` (U,): (U, r, r)."""
         device = self.hypernetwork[-1].weight.device
         with torch.autocast(device_type=device.type, enabled=False):
-            features = self.embedding(noise_level.to(device=device, dtype=torch.float32))  # (B, d)
-            deviation = self.hypernetwork(features.float()).view(-1, self.rank, self.rank)  # (B, r, r)
+            features = self.embedding(levels.to(device=device, dtype=torch.float32))  # (U, d)
+            deviation = self.hypernetwork(features.float()).view(-1, self.rank, self.rank)  # (U, r, r)
         identity = torch.eye(self.rank, device=device, dtype=deviation.dtype)
         return identity + self.eta * deviation
+
+    def _remembered(self, noise_level: torch.Tensor) -> torch.Tensor:
+        """The no-autograd path: each λ's core computed alone once, then reused until a parameter changes."""
+        stamp = tuple((id(t), t._version, t.data_ptr()) for t in self._tensors())
+        if stamp != self._memo_stamp or len(self._memo) >= self.memo_size:
+            self._memo, self._memo_stamp = {}, stamp
+        values = noise_level.tolist()
+        for value in dict.fromkeys(values):
+            if value not in self._memo:
+                # Alone, not batched with other new values: C(λ) is then one fixed tensor whatever came before.
+                self._memo[value] = self._compute(torch.tensor([value]))[0]  # (r, r)
+        if len(set(values)) == 1:
+            return self._memo[values[0]][None]  # (1, r, r)
+        return torch.stack([self._memo[value] for value in values])  # (B, r, r)
+
+    def forget(self) -> None:
+        """Drop the remembered cores: the next forwards run F again."""
+        self._memo = {}
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Every parameter and buffer, read from the submodules' own dicts."""
+        return [
+            tensor
+            for module in self._submodules
+            for tensor in (*module._parameters.values(), *module._buffers.values())
+            if tensor is not None
+        ]
 
 
 class ConstantCore(nn.Module):
@@ -171,10 +220,14 @@ class NaraLayer(SharedCoreMixin, LoraLayer):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.project_down(x)  # (B, ..., r)
-        flat = down.reshape(down.shape[0], -1, down.shape[-1])  # (B, N, r)
-        core = self.core(flat.shape[0]).to(flat.dtype)  # (B or 1, r, r)
-        mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # row-vector form of C · (A x)
-        return self.config.scale * (mixed @ self.lora_B.T)  # (B, ..., out)
+        core = self.core(down.shape[0]).to(down.dtype)  # (B or 1, r, r)
+        if core.shape[0] == 1:  # one λ for the batch (the sampler's usual case): LoRA plus one r × r product
+            mixed = F.linear(down, core[0])  # row-vector form of C · (A x)
+        else:
+            flat = down.reshape(down.shape[0], -1, down.shape[-1])  # (B, N, r)
+            mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # per sample
+        update = F.linear(mixed, self.lora_B)  # (B, ..., out)
+        return update if self.config.scale == 1.0 else self.config.scale * update  # as LoRA: skip a multiply by 1
 
     def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """At a fixed λ NaRA is a plain LoRA with B' = B · C(λ): left (out, r) = s · B · C(λ), right (r, in) = A."""

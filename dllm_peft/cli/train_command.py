@@ -66,6 +66,7 @@ def train_command(
     trust_remote_code: bool = typer.Option(D.trust_remote_code, help=H("trust_remote_code")),
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, help=H("gradient_checkpointing")),
     seed: int = typer.Option(D.seed, help=H("seed")),
+    adapter_option: list[str] = typer.Option(None, help=H("adapter_option"), show_default=False),
 ) -> None:
     """Fine-tune an adapter (default: NaRA on the built-in model and task); --recipe applies the reference settings."""
     values = dict(locals())
@@ -145,7 +146,8 @@ def _describe(report: TrainReport, settings: TrainConfig) -> str:
         return (
             f"data: {report.train} training examples from {settings.data} ({over}, longest {lengths.longest}); "
             f"validation: {report.validation} ({report.validation_origin}); {report.steps} steps × "
-            f"{report.examples_per_step} examples ({report.processes} process{'es' if report.processes > 1 else ''})"
+            f"{report.examples_per_step} examples ({report.processes} process{'es' if report.processes > 1 else ''}"
+            f"{', FSDP' if report.sharded else ''})"
         )
     if isinstance(report, ValidationReport):
         levels = "  ".join(f"{level:g}: {loss:.3f}" for level, loss in report.by_noise_level.items())

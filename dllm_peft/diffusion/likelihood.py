@@ -13,9 +13,12 @@ Two implementations of the same estimator:
 - `reference_log_likelihood` scores one request at a time, as LLaDA's function does; it is the yardstick of the tests
   and of `benchmarks/loglikelihood`.
 - `log_likelihoods` scores many requests at once. Every request draws exactly the samples the reference draws (its
-  own generator, seeded from the seed and its tokens, so order and batching never change a number); identical
-  samples of a request are computed once (a one-token answer has a single possible sample), and the remaining rows
-  of all requests are packed, sorted by length, into right-padded forward batches of `batch_size` rows.
+  own generator, seeded from the seed and its tokens, so order and batching never change a number). A noised input
+  is forwarded once however many samples use it: identical samples of a request (a one-token answer has a single
+  possible sample), and samples of different requests that feed the model the same tokens at the same λ (the
+  options of a multiple-choice question with equal lengths share their fully masked sample). The distinct rows of
+  all requests are packed, sorted by length, into right-padded forward batches of `batch_size` rows, and every user
+  of a row is scored on its own clean tokens from the row's log-probabilities.
 
 `greedy_matches` is LLaDA's `suffix_greedy_prediction`: does greedy unmasking reproduce the answer? (lm-eval's
 `is_greedy`, needed by a few tasks only.)
@@ -36,15 +39,14 @@ from ..models.backbone import Backbone
 from .schedule import NoisedBatch, forward_process
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Row:
-    """One distinct noised copy of a request, waiting for its forward pass."""
+    """One distinct noised sequence, waiting for its forward pass; several samples, of one or more requests, use it."""
 
-    request: int
-    slot: int  # index among the request's distinct rows
-    clean: torch.Tensor  # (T,) prompt + answer
+    noised: torch.Tensor  # (T,) prompt + answer with the sample's answer positions masked
     masked: torch.Tensor  # (T,) bool, the masked answer positions
     noise_level: float  # λ = k / L
+    users: list[tuple[int, int]]  # (request, slot): whose distinct sample this row is
 
 
 def request_generator(seed: int, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> torch.Generator:
@@ -150,40 +152,72 @@ def log_likelihoods(
     Returns:
         one log-likelihood per request, in order.
     """
-    # 1. draw each request's samples exactly as the reference does, then keep its distinct rows with their counts
-    rows: list[_Row] = []
-    weights: list[torch.Tensor] = []  # per request: (U,) share of its mc_num samples each distinct row stands for
+    # 1. draw each request's samples exactly as the reference does; one row per distinct noised input, shared by every
+    #    sample (of any request) that feeds the model the same tokens at the same λ
+    sequences: list[torch.Tensor] = []  # per request: (T,) prompt + answer
+    weights: list[torch.Tensor] = []  # per request: (U,) share of its mc_num samples each distinct sample stands for
+    rows: dict[tuple[bytes, bytes, float], _Row] = {}
     for index, (prompt_ids, answer_ids) in enumerate(requests):
         generator = request_generator(seed, prompt_ids, answer_ids)
         sequence, noised = draw_samples(prompt_ids, answer_ids, mc_num, backbone.mask_id, generator)
         distinct, inverse = torch.unique(noised.masked, dim=0, return_inverse=True)  # (U, T), (mc_num,)
+        sequences.append(sequence)
         weights.append(torch.bincount(inverse, minlength=distinct.shape[0]).float() / mc_num)  # (U,)
-        for slot, pattern in enumerate(distinct):
-            rows.append(_Row(index, slot, sequence, pattern, pattern.sum().item() / len(answer_ids)))
+        noised_ids = sequence.masked_fill(distinct, backbone.mask_id)  # (U, T)
+        levels = (distinct.sum(dim=1).double() / len(answer_ids)).tolist()  # (U,) λ = k / L
+        for slot, (ids, pattern, level) in enumerate(zip(noised_ids, distinct, levels)):
+            key = (ids.numpy().tobytes(), pattern.numpy().tobytes(), level)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = _Row(ids, pattern, level, [])
+            row.users.append((index, slot))
 
-    # 2. pack rows of similar length into right-padded batches (padding is excluded by the attention mask)
+    # 2. forward rows of one length together, `batch_size` at a time: no padding, and never more passes than the
+    #    reference (all rows of a request have its length)
     losses = [torch.zeros(weight.numel()) for weight in weights]
-    rows.sort(key=lambda row: row.clean.numel())
-    for start in range(0, len(rows), batch_size):
-        members = rows[start : start + batch_size]
-        length = max(row.clean.numel() for row in members)
-        clean_ids = torch.full((len(members), length), backbone.eos_id, dtype=torch.long)  # (B, T)
-        masked = torch.zeros((len(members), length), dtype=torch.bool)  # (B, T)
-        attention_mask = torch.zeros((len(members), length), dtype=torch.long)  # (B, T)
-        for position, row in enumerate(members):
-            clean_ids[position, : row.clean.numel()] = row.clean
-            masked[position, : row.clean.numel()] = row.masked
-            attention_mask[position, : row.clean.numel()] = 1
-        noised_ids = clean_ids.masked_fill(masked, backbone.mask_id)  # (B, T)
-        noise_level = torch.tensor([row.noise_level for row in members], dtype=torch.float32)  # (B,)
-        batch_losses = _weighted_losses(backbone, noised_ids, clean_ids, masked, noise_level, attention_mask)
-        for position, row in enumerate(members):
-            losses[row.request][row.slot] = batch_losses[position]
-        if on_rows is not None:
-            on_rows(len(members), len(rows))
+    by_length: dict[int, list[_Row]] = {}
+    for row in rows.values():
+        by_length.setdefault(row.noised.numel(), []).append(row)
+    for length in sorted(by_length):
+        group = by_length[length]
+        for start in range(0, len(group), batch_size):
+            members = group[start : start + batch_size]
+            for row, loss in zip(members, _shared_row_losses(backbone, members, sequences)):
+                for (request, slot), value in zip(row.users, loss):
+                    losses[request][slot] = value
+            if on_rows is not None:
+                on_rows(len(members), len(rows))
 
     # 3. the estimate: minus the count-weighted mean over each request's samples
     return [-(loss * weight).sum().item() for loss, weight in zip(losses, weights)]
+
+
+def _shared_row_losses(backbone: Backbone, members: list[_Row], sequences: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One forward pass over `members` (rows of one length); for each row, Σ over its masked positions of
+    −log p(clean token), divided by λ, once per user of the row (each user's own clean tokens are the targets).
+
+    Returns:
+        per row, (users,) float32.
+    """
+    noised_ids = torch.stack([row.noised for row in members])  # (B, T)
+    masked = torch.stack([row.masked for row in members])  # (B, T)
+    noise_level = torch.tensor([row.noise_level for row in members], dtype=torch.float32)  # (B,)
+    device = backbone.device
+    with routed_noise_level(backbone.model, noise_level):
+        logits = backbone.logits(noised_ids.to(device))  # (B, T, V)
+    rows, cols = masked.nonzero(as_tuple=True)  # (N,), (N,): every masked position of the pass
+    log_probs = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1).cpu()  # (N, V)
+    entry = torch.full(masked.shape, -1, dtype=torch.long)  # (B, T): row of log_probs, or -1
+    entry[rows, cols] = torch.arange(rows.numel())
+
+    # every user of every row: its row in the pass and its clean tokens
+    owner = torch.tensor([position for position, row in enumerate(members) for _ in row.users])  # (C,)
+    targets = torch.stack([sequences[request] for row in members for request, _ in row.users])  # (C, T)
+    users, positions = masked[owner].nonzero(as_tuple=True)  # (M,), (M,)
+    token_log_probs = log_probs[entry[owner[users], positions], targets[users, positions]]  # (M,)
+    summed = torch.zeros(owner.numel()).index_add(0, users, token_log_probs)  # (C,)
+    per_user = -summed / noise_level[owner]  # (C,)
+    return list(per_user.split([len(row.users) for row in members]))
 
 
 @torch.no_grad()

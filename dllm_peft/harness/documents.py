@@ -164,7 +164,7 @@ def _hub(path: str, name: str | None, task: str):
 
     try:
         return datasets.load_dataset(path, name)
-    except Exception as error:  # offline, gated or moved: one sentence instead of a network traceback
+    except Exception as error:  # noqa: BLE001  (offline, gated or moved: one sentence, not a network traceback)
         raise DllmPeftError(
             f"task {task} found no --data-dir and could not load {path} from the Hugging Face hub "
             f"({type(error).__name__}); pass --data-dir with a local copy"

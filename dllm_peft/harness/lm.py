@@ -1,8 +1,8 @@
 """`DllmPeftLM`: lm-eval's model interface for masked-diffusion LLMs, with or without a dllm-peft adapter.
 
-Importing this module registers the model as `dllm-peft` (`@register_model`), and the package declares it under the
-`lm_eval.models` entry-point group for harness versions that discover plugins; lm-eval 0.4.13 does not, so
-`python -m dllm_peft.harness` runs lm-eval's own command line with the model registered (see README).
+Importing this module registers the model as `dllm-peft` (`@register_model`). The plain `lm_eval --model dllm-peft`
+imports it on demand: released lm-eval reads no plugin entry points, so the package installs a startup hook
+(`registration.py`); it also declares the `lm_eval.models` entry point that lm-eval's unreleased main branch reads.
 
 The three request types, following LLaDA's `eval_llada.py`:
 - `loglikelihood`: the Monte-Carlo estimator of `diffusion.likelihood` (stratified k, `mc_num` samples, λ = k/L),

@@ -1,0 +1,323 @@
+"""Render the benchmark tables from `benchmarks/results/*.json` into the READMEs: no figure in them is hand-typed.
+
+    python benchmarks/report.py                        # rewrites the blocks in README.md and benchmarks/README.md
+    python benchmarks/report.py --results benchmarks/results/quick --tables benchmarks/results/quick/tables.md
+
+A block is the text between `<!-- benchmarks:NAME -->` and `<!-- /benchmarks:NAME -->`; everything outside the
+markers is left as it is, and a file without a block's markers is not touched for that block. Blocks:
+
+* `performance`: each speed or memory ratio of the sampler, training-throughput, log-likelihood, backbone-loading and
+  multi-process benchmarks, with its goal and whether the figure meets it;
+* `miniature`: the method comparison of `benchmarks/miniature/` (methods × tasks, mean ± std over seeds), its
+  verdict and its two plots;
+* `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full.
+
+The JSON schemas grow as the benchmarks do, so every figure is read defensively: a missing one is shown as "—".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+MISSING = "—"
+DEFAULT_PLOTS = ("miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png")
+
+
+def dig(data, *keys):
+    """`data[k1][k2]…`, or None when any step is missing or of the wrong kind."""
+    for key in keys:
+        if (isinstance(data, dict) and key in data) or (
+            isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data)
+        ):
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def load_results(directory: Path) -> dict[str, dict]:
+    """Every `<name>.json` in `directory`, by name; a file that is not valid JSON counts as missing."""
+    results = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return results
+
+
+def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    value = number(value)
+    return MISSING if value is None else f"{value:{spec}}{suffix}"
+
+
+def verdict(value, goal: str) -> str:
+    """'met' / '**not met**' for a figure against a goal written as '≥ x' or '≤ x'; '—' without a figure."""
+    value = number(value)
+    if value is None:
+        return MISSING
+    relation, threshold = goal.split()
+    met = value >= float(threshold) if relation == "≥" else value <= float(threshold)
+    return "met" if met else "**not met**"
+
+
+def source_note(results: dict[str, dict], names: list[str]) -> str:
+    """Which file each figure came from, in which mode and how long it ran."""
+    parts = []
+    for name in names:
+        data = results.get(name)
+        if data is None:
+            parts.append(f"`{name}.json` missing")
+            continue
+        mode = data.get("mode") or "mode not recorded"
+        seconds = number(data.get("wall_seconds"))
+        parts.append(f"`{name}.json` ({mode}" + (f", {seconds:.0f} s)" if seconds is not None else ")"))
+    return "Sources: " + "; ".join(parts) + "."
+
+
+def performance_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """(item, figure, goal, met) for every ratio of the performance table."""
+    sampler = results.get("sampler", {})
+    rows = []
+    for key, label in (("reference", "one block"), ("reference_blockwise", "4 blocks of 16")):
+        ratio = dig(sampler, key, "ratio_ours_vs_reference")
+        tokens = dig(sampler, key, "tokens_per_second")
+        detail = ""
+        if number(dig(tokens, "ours")) is not None and number(dig(tokens, "reference")) is not None:
+            detail = f" ({tokens['ours']:.0f} vs {tokens['reference']:.0f} tokens/s)"
+        rows.append((f"`sample()` vs the reference loop, tokens/s (gen 64, steps 64, {label})",
+                     fmt(ratio, ".3f") + detail, "≥ 1.0", verdict(ratio, "≥ 1.0")))
+    variants = dig(sampler, "fast", "variants") or {}
+    threshold = "threshold" + (f" {fmt(dig(sampler, 'fast', 'threshold'), 'g')}" if dig(sampler, "fast") else "")
+    for name, label, goal in (
+        ("threshold+dual", f"{threshold} + dual KV cache", "≥ 4"),
+        ("threshold+prefix", f"{threshold} + prefix KV cache", None),
+        ("threshold", f"{threshold} alone", None),
+    ):
+        speedup = dig(variants, name, "speedup_vs_reference")
+        equal = dig(variants, name, "answers_equal_to_reference")
+        detail = f" (answers equal to the reference's: {equal})" if equal else ""
+        rows.append((f"{label} vs the reference loop (4 blocks of 16), speed-up", fmt(speedup, ".1f", "×") + detail,
+                     goal or MISSING, verdict(speedup, goal) if goal else MISSING))
+    for entry in dig(sampler, "nara_vs_lora") or [{}]:
+        ratio = dig(entry, "ratio_nara_vs_lora")
+        model = str(dig(entry, "model") or MISSING).split(" {")[0]
+        parameters = number(dig(entry, "parameters"))
+        size = f", {parameters / 1e6:.1f} M parameters" if parameters is not None else ""
+        rows.append((f"NaRA / LoRA sampling time, rank 32 ({model}{size})", fmt(ratio, ".3f"), "≤ 1.03",
+                     verdict(ratio, "≤ 1.03")))
+    accuracy = dig(sampler, "accuracy") or {}
+    drop = dig(accuracy, "drop_points")
+    detail = ""
+    if number(dig(accuracy, "exact_match", "default")) is not None:
+        detail = (f" ({accuracy['exact_match']['default']:.1f} % → {dig(accuracy, 'exact_match', 'fast'):.1f} % on "
+                  f"`{dig(accuracy, 'task')}`, {dig(accuracy, 'examples')} prompts)")
+    rows.append(("accuracy drop of threshold + dual cache vs the blockwise default, points", fmt(drop, ".1f") + detail,
+                 "≤ 1", verdict(drop, "≤ 1")))
+
+    ratios = dig(results, "train_throughput", "ratios") or {}
+    for key, label, goal in (
+        ("nara_over_lora_step_time", "NaRA / LoRA training step time (CPU time, rank 32)", "≤ 1.05"),
+        ("ours_over_peft_lora_tokens_per_second", "our LoRA / PEFT's LoRA, training tokens/s", "≥ 1.0"),
+        ("ours_over_peft_lora_peak_rss", "our LoRA / PEFT's LoRA, peak RSS of training", "≤ 1.0"),
+    ):
+        rows.append((label, fmt(ratios.get(key), ".3f"), goal, verdict(ratios.get(key), goal)))
+
+    by_workload: dict[str, list[dict]] = {}
+    for entry in dig(results, "loglikelihood", "results") or []:
+        if isinstance(entry, dict):
+            by_workload.setdefault(str(entry.get("workload", MISSING)), []).append(entry)
+    for workload, entries in by_workload.items() or [(MISSING, [])]:
+        figures = ", ".join(f"{fmt(e.get('speedup'), '.2f', '×')} at mc_num {e.get('mc_num', MISSING)}" for e in entries)
+        met_at = [str(e.get("mc_num")) for e in entries if verdict(e.get("speedup"), "≥ 3") == "met"]
+        met = MISSING if not entries else ("met at mc_num " + ", ".join(met_at) if met_at else "**not met**")
+        rows.append((f"batched log-likelihood vs one request at a time: {workload}", figures or MISSING, "≥ 3", met))
+
+    loads = [load for load in dig(results, "backbone_loading", "loads") or [] if isinstance(load, dict)]
+    for entry in [load for load in loads if load.get("how") == "load_backbone"] or [{}]:
+        naive = [load for load in loads if load.get("how") == "naive" and load.get("dtype") == entry.get("dtype")]
+        ratio = entry.get("anonymous_over_model_size")
+        detail = f" (naive load: {fmt(naive[0].get('anonymous_over_model_size'))})" if naive else ""
+        rows.append((f"`load_backbone` memory growth / parameter size ({entry.get('dtype', MISSING)})",
+                     fmt(ratio) + detail, "≤ 1.0", verdict(ratio, "≤ 1.0")))
+
+    equivalence = results.get("multiprocess_equivalence", {})
+    losses = [number(equivalence.get(key)) for key in
+              ("train_loss_max_relative_difference", "validation_loss_max_relative_difference")]
+    loss_gap = max(losses) if None not in losses else None
+    adapter_gap = number(equivalence.get("adapter_max_relative_difference"))
+    rows.append(("2 processes × grad-accum 2 vs 1 × 4: largest relative loss difference", fmt(loss_gap, ".1e"),
+                 f"≤ {fmt(equivalence.get('loss_tolerance'), 'g')}",
+                 verdict(loss_gap, f"≤ {equivalence['loss_tolerance']}") if "loss_tolerance" in equivalence else MISSING))
+    rows.append(("same, largest adapter difference / the tensor's largest entry", fmt(adapter_gap, ".1e"),
+                 f"≤ {fmt(equivalence.get('adapter_tolerance'), 'g')}",
+                 verdict(adapter_gap, f"≤ {equivalence['adapter_tolerance']}")
+                 if "adapter_tolerance" in equivalence else MISSING))
+    return rows
+
+
+def render_performance(results: dict[str, dict]) -> str:
+    lines = ["| item | figure | goal | goal met |", "|---|---|---|---|"]
+    lines += [f"| {item} | {figure} | {goal} | {met} |" for item, figure, goal, met in performance_rows(results)]
+    names = ["sampler", "train_throughput", "loglikelihood", "backbone_loading", "multiprocess_equivalence"]
+    return "\n".join(lines) + "\n\n" + source_note(results, names)
+
+
+def mean_std(entry) -> str:
+    mean, std = number(dig(entry, "mean")), number(dig(entry, "std"))
+    if mean is None:
+        return MISSING
+    return f"{mean:.1f} ± {std:.1f}" if std is not None else f"{mean:.1f}"
+
+
+def render_miniature(results: dict[str, dict], results_dir: Path, relative_to: Path) -> str:
+    data = results.get("miniature")
+    if data is None:
+        return "No `miniature.json` yet: run `python benchmarks/run_all.py --only miniature`."
+    tasks = [str(task) for task in data.get("tasks") or []]
+    seeds = data.get("seeds") or []
+    header = ["method", "rank", "trainable parameters", "budget ratio"] + [f"`{task}` exact match, %" for task in tasks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in data.get("methods") or []:
+        if not isinstance(method, dict):
+            continue
+        label = method.get("label") or method.get("method") or MISSING
+        trainable = number(method.get("trainable_parameters"))
+        rank = method.get("rank")
+        cells = [str(label), MISSING if rank is None else str(rank),
+                 MISSING if trainable is None else f"{trainable:,.0f}", fmt(method.get("budget_ratio"))]
+        cells += [mean_std(dig(method, "results", task)) for task in tasks]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = data.get("base") or {}
+    lines.append("| base model (no adapter) | | | | " + " | ".join(
+        fmt(dig(base, task, "exact_match"), ".1f") for task in tasks) + " |")
+    settings = data.get("settings") or {}
+    target = f" ({settings['target']})" if settings.get("target") else ""
+    notes = [
+        (f"Model `{data.get('model', MISSING)}`; mean ± std over seeds {', '.join(map(str, seeds)) or MISSING}; "
+        f"{settings.get('steps', MISSING)} steps at lr {settings.get('lr', MISSING)}, target budget "
+        f"{fmt(settings.get('target_budget'), ',.0f')} trainable parameters{target}, {settings.get('eval_limit', MISSING)} "
+        f"test prompts per task. {source_note(results, ['miniature'])}")
+    ]
+    for task in tasks:
+        text = dig(data, "verdict", task, "text")
+        if text:
+            notes.append(f"- `{task}`: {text}")
+    plots = [Path(str(plot)).name for plot in data.get("plots") or []] or list(DEFAULT_PLOTS)
+    images = []
+    for name in plots:
+        target = Path(results_dir) / name
+        if target.exists():
+            images.append(f"![{target.stem}]({Path(os.path.relpath(target, relative_to)).as_posix()})")
+        else:
+            images.append(f"(plot `{name}` missing)")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + "\n".join(images)
+
+
+def render_timings(results_dir: Path) -> str:
+    """Seconds per benchmark in the last full and quick `run_all.py` runs (`run_all.json` in the results directory
+    and in its `quick/`), told apart by the mode each records."""
+    runs: dict[str, dict] = {"quick": {}, "full": {}}
+    for path in (Path(results_dir) / "run_all.json", Path(results_dir) / "quick" / "run_all.json"):
+        try:
+            record = json.loads(path.read_text())
+            entries = {entry["name"]: entry for entry in record.get("benchmarks", [])}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            continue
+        if record.get("mode") in runs and not runs[record["mode"]]:
+            runs[record["mode"]] = entries
+    names = list(dict.fromkeys([*runs["full"], *runs["quick"]]))
+    if not names:
+        return "No `run_all.json` yet: run `python benchmarks/run_all.py`."
+    lines = ["| benchmark | quick run, s | full run, s |", "|---|---|---|"]
+    for name in names:
+        cells = []
+        for mode in ("quick", "full"):
+            entry = runs[mode].get(name, {})
+            seconds = fmt(entry.get("seconds"), ".0f")
+            status = entry.get("exit_status")
+            cells.append(seconds if status in (0, None) else f"{seconds} (failed, exit {status})")
+        lines.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
+    totals = [
+        f"{sum(number(entry.get('seconds')) or 0 for entry in runs[mode].values()):.0f}" if runs[mode] else MISSING
+        for mode in ("quick", "full")
+    ]
+    lines.append(f"| total | {totals[0]} | {totals[1]} |")
+    return "\n".join(lines)
+
+
+def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
+    """Every block's Markdown, with image links relative to the directory of the file they go into."""
+    results = load_results(results_dir)
+    return {
+        "performance": render_performance(results),
+        "miniature": render_miniature(results, results_dir, relative_to),
+        "timings": render_timings(results_dir),
+    }
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """`text` with the content between each block's markers replaced; returns it and the names of blocks replaced."""
+    replaced = []
+    for name, content in blocks.items():
+        pattern = re.compile(rf"(<!-- benchmarks:{re.escape(name)} -->\n).*?(<!-- /benchmarks:{re.escape(name)} -->)",
+                             re.DOTALL)
+        body = content.rstrip("\n")
+        text, count = pattern.subn(lambda match, body=body: f"{match.group(1)}{body}\n{match.group(2)}", text)
+        if count:
+            replaced.append(name)
+    return text, replaced
+
+
+def update_file(path: Path, results_dir: Path) -> list[str]:
+    """Rewrite the blocks of one Markdown file in place; returns the names of the blocks it has."""
+    text = path.read_text()
+    new_text, replaced = replace_blocks(text, render_blocks(results_dir, path.resolve().parent))
+    if new_text != text:
+        atomic_write_bytes(path, new_text.encode())
+    return replaced
+
+
+def write_tables(path: Path, results_dir: Path) -> None:
+    """All blocks, one after the other, into a file of their own (what a quick run renders)."""
+    blocks = render_blocks(results_dir, Path(path).resolve().parent)
+    shown = Path(os.path.relpath(Path(results_dir).resolve(), ROOT)).as_posix()
+    text = f"# Benchmark tables rendered by `benchmarks/report.py` from `{shown}`\n"
+    text += "".join(f"\n## {name}\n\n{content}\n" for name, content in blocks.items())
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the benchmark JSON files")
+    parser.add_argument("--readme", type=Path, nargs="*", default=list(READMES), help="Markdown files to update")
+    parser.add_argument("--tables", type=Path, help="instead: write every block into this one file")
+    args = parser.parse_args()
+    if not args.results.is_dir():
+        raise SystemExit(f"report: no results directory {args.results}; run benchmarks/run_all.py first.")
+    if args.tables:
+        write_tables(args.tables, args.results)
+        print(f"wrote {args.tables}")
+        return
+    for path in args.readme:
+        print(f"{path}: {', '.join(update_file(path, args.results)) or 'no benchmark markers'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""benchmarks/report.py renders the README tables from the benchmark JSON files; every benchmark script keeps the
+contract run_all.py relies on (`--quick` and `--output`)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import report  # noqa: E402  (benchmarks/report.py)
+import run_all  # noqa: E402  (benchmarks/run_all.py)
+
+SAMPLER = {
+    "mode": "full",
+    "wall_seconds": 313.1,
+    "reference": {"ratio_ours_vs_reference": 1.011, "tokens_per_second": {"reference": 209.2, "ours": 211.5}},
+    "fast": {"threshold": 0.9, "variants": {"threshold+dual": {"speedup_vs_reference": 19.98,
+                                                               "answers_equal_to_reference": "6/8"}}},
+    "nara_vs_lora": [{"model": "dllm-tiny", "parameters": 920704, "ratio_nara_vs_lora": 1.185}],
+    "accuracy": {"task": "addition", "examples": 200, "exact_match": {"default": 0.5, "fast": 0.5}, "drop_points": 0.0},
+}
+MINIATURE = {
+    "mode": "full",
+    "wall_seconds": 1800.0,
+    "model": "dllm-tiny",
+    "tasks": ["lastdigit", "addition"],
+    "seeds": [0, 1, 2],
+    "settings": {"steps": 300, "lr": 0.003, "eval_limit": 64, "target_budget": 130000},
+    "methods": [
+        {"method": "lora", "label": "LoRA", "rank": 32, "trainable_parameters": 131072, "budget_ratio": 1.0,
+         "results": {"lastdigit": {"exact_match": [50.0, 60.0, 70.0], "mean": 60.0, "std": 10.0}}},
+        {"method": "nara", "label": "NaRA", "rank": 4, "trainable_parameters": 129000, "budget_ratio": 0.98,
+         "results": {"lastdigit": {"exact_match": [70.0, 72.0, 74.0], "mean": 72.0, "std": 2.0},
+                     "addition": {"exact_match": [1.0, 2.0, 3.0], "mean": 2.0, "std": 1.0}}},
+    ],
+    "base": {"lastdigit": {"exact_match": 0.0}, "addition": {"exact_match": 0.5}},
+    "verdict": {"lastdigit": {"nara_minus_lora": 12.0, "pooled_std": 7.2, "text": "NaRA is ahead by 12.0 points."}},
+    "plots": ["benchmarks/results/miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png"],
+}
+
+
+def test_performance_table_shows_each_ratio_with_its_goal_and_verdict():
+    results = {
+        "sampler": SAMPLER,
+        "train_throughput": {"ratios": {"nara_over_lora_step_time": 1.02, "ours_over_peft_lora_tokens_per_second": 0.975}},
+        "loglikelihood": {"results": [
+            {"workload": "short", "mc_num": 8, "speedup": 1.45}, {"workload": "short", "mc_num": 32, "speedup": 4.67},
+            {"workload": "long", "mc_num": 32, "speedup": 1.09},
+        ]},
+        "multiprocess_equivalence": {"train_loss_max_relative_difference": 4.6e-8,
+                                     "validation_loss_max_relative_difference": 3.5e-8, "loss_tolerance": 1e-5},
+    }
+    table = report.render_performance(results)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| 1.011 (212 vs 209 tokens/s) | ≥ 1.0 | met |" in rows["`sample()` vs the reference loop, tokens/s "
+                                                                   "(gen 64, steps 64, one block)"]
+    assert "20.0× (answers equal to the reference's: 6/8) | ≥ 4 | met" in table
+    assert "| 1.185 | ≤ 1.03 | **not met** |" in table
+    assert "| 1.020 | ≤ 1.05 | met |" in table and "| 0.975 | ≥ 1.0 | **not met** |" in table
+    assert "1.45× at mc_num 8, 4.67× at mc_num 32 | ≥ 3 | met at mc_num 32 |" in table
+    assert "1.09× at mc_num 32 | ≥ 3 | **not met** |" in table
+    assert "| 4.6e-08 | ≤ 1e-05 | met |" in table
+    # Figures the files do not have are dashes, not errors: peak RSS, backbone loading, the adapter gap.
+    assert "our LoRA / PEFT's LoRA, peak RSS of training | — | ≤ 1.0 | — |" in table
+    assert "`backbone_loading.json` missing" in table and "`sampler.json` (full, 313 s)" in table
+
+
+def test_every_block_renders_from_no_results_at_all(tmp_path):
+    blocks = report.render_blocks(tmp_path, tmp_path)
+    assert set(blocks) == {"performance", "miniature", "timings"}
+    assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
+
+
+def test_miniature_table_has_every_method_base_row_verdict_and_plot_links(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "miniature.json").write_text(json.dumps(MINIATURE))
+    (results / "miniature_val_loss_vs_noise.png").write_bytes(b"")
+    block = report.render_blocks(results, tmp_path)["miniature"]
+    assert "| LoRA | 32 | 131,072 | 1.00 | 60.0 ± 10.0 | — |" in block
+    assert "| NaRA | 4 | 129,000 | 0.98 | 72.0 ± 2.0 | 2.0 ± 1.0 |" in block
+    assert "| base model (no adapter) | | | | 0.0 | 0.5 |" in block
+    assert "- `lastdigit`: NaRA is ahead by 12.0 points." in block and "seeds 0, 1, 2" in block
+    assert "![miniature_val_loss_vs_noise](benchmarks/results/miniature_val_loss_vs_noise.png)" in block
+    assert "(plot `miniature_norms_nara_vs_lora.png` missing)" in block
+
+
+def test_blocks_are_replaced_between_their_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmarks:timings -->\nold figures\n<!-- /benchmarks:timings -->\noutro\n")
+    (tmp_path / "run_all.json").write_text(json.dumps(
+        {"mode": "full", "benchmarks": [{"name": "sampler", "seconds": 312.6, "exit_status": 0}]}))
+    assert report.update_file(readme, tmp_path) == ["timings"]
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- benchmarks:timings -->\n| benchmark |") and text.endswith(
+        "<!-- /benchmarks:timings -->\noutro\n")
+    assert "| `sampler` | — | 313 |" in text and "old figures" not in text
+    assert report.update_file(readme, tmp_path) == ["timings"] and readme.read_text() == text  # idempotent
+
+
+def option_strings(script: Path) -> set[str]:
+    """Every option string passed to an `add_argument` call in the script (read from its source, not run)."""
+    options = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            options |= {arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
+    return options
+
+
+@pytest.mark.parametrize("script", [script for _, script in run_all.BENCHMARKS])
+def test_every_benchmark_run_all_calls_takes_quick_and_output(script):
+    path = BENCHMARKS / script
+    if not path.exists():
+        pytest.skip(f"{script} is not in this checkout yet")
+    assert {"--quick", "--output"} <= option_strings(path), f"{script} lacks --quick or --output"
+
+
+def test_run_all_covers_every_benchmark_folder_but_the_model_rebuild():
+    listed = {script for _, script in run_all.BENCHMARKS}
+    on_disk = {path.relative_to(BENCHMARKS).as_posix() for path in BENCHMARKS.glob("*/run.py")}
+    assert on_disk <= listed and "default_model/build.py" not in listed
+
+
+def test_run_all_records_each_run_and_stops_at_the_first_failure(tmp_path, monkeypatch, capsys):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    writes = "import json, sys; out = sys.argv[sys.argv.index('--output') + 1]\n"
+    (scripts / "good.py").write_text(writes + "json.dump({'mode': 'quick' if '--quick' in sys.argv else 'full'}, "
+                                     "open(out, 'w'))\n")
+    (scripts / "bad.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(run_all, "BENCHMARKS_DIR", scripts)
+    monkeypatch.setattr(run_all, "BENCHMARKS", (("good", "good.py"), ("bad", "bad.py"), ("never", "good.py")))
+    results = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--quick", "--results", str(results)])
+    with pytest.raises(SystemExit, match="benchmark 'bad' failed with exit status 3"):
+        run_all.main()
+    record = json.loads((results / "run_all.json").read_text())
+    assert [(e["name"], e["mode"], e["exit_status"]) for e in record["benchmarks"]] == [("good", "quick", 0),
+                                                                                         ("bad", "quick", 3)]
+    assert json.loads((results / "good.json").read_text()) == {"mode": "quick"}
+    assert "good.py --quick --output" in record["benchmarks"][0]["command"] and not (results / "never.json").exists()
+
+    # --only reruns one benchmark and keeps the others' entries; a successful run renders the tables.
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--quick", "--results", str(results), "--only", "good"])
+    run_all.main()
+    assert [e["name"] for e in json.loads((results / "run_all.json").read_text())["benchmarks"]] == ["good", "bad"]
+    assert "## performance" in (results / "tables.md").read_text()
