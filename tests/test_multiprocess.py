@@ -32,6 +32,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_in_this_process(args: list[str]) -> None:
+    """`dllm-peft ARGS` as one process (conftest keeps torch at one thread), asserting it succeeded."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+
+
 def test_two_processes_match_one_process_with_twice_the_accumulation(tmp_path):
     rendezvous = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
     env = {**os.environ, **rendezvous, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
@@ -46,14 +53,7 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(tmp_path):
         )
         for rank in (0, 1)
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main([*RUN, "--grad-accum", "2", "--output", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_info.value.code in (0, None)
+    run_in_this_process([*RUN, "--grad-accum", "2", "--output", str(tmp_path / "one")])
     outputs = [rank.communicate(timeout=300) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][1][-800:] + outputs[1][1][-800:]
     assert "2 processes" in " ".join(outputs[0][1].split())  # rank 0 reports; rank 1 stays silent
