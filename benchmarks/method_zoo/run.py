@@ -11,7 +11,6 @@ of 20 (every method still runs; the losses say less).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -22,13 +21,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # runs_file.py
 
 from dllm_peft.models import load_backbone  # noqa: E402  (first: the models package imports io)
 from dllm_peft.config import DEFAULT_MODEL, TrainConfig  # noqa: E402
-from dllm_peft.io import atomic_write_bytes  # noqa: E402
 from dllm_peft.registry import METHODS  # noqa: E402
 from dllm_peft.summary import adapter_in_backbone  # noqa: E402
 from dllm_peft.train import train  # noqa: E402
+from runs_file import write_run  # noqa: E402  (benchmarks/runs_file.py)
 
 RESULTS = ROOT / "benchmarks" / "results" / "method_zoo.json"
 STEPS = {"full": 20, "quick": 4}
@@ -59,15 +59,6 @@ def run_method(method: str, model: str, steps: int, lr: float, directory: Path) 
         "counts_agree": result.trainable_parameters == inspected.trainable_parameters,
         "seconds": round(seconds, 2),
     }
-
-
-def write_run(path: Path, model: str, record: dict) -> None:
-    """Store this run under its model name in the results file, keeping the runs of other models; the top-level
-    `command`, `mode` and `wall_seconds` are those of the latest run."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
-    runs[model] = record
-    latest = {key: record[key] for key in ("command", "mode", "wall_seconds")}
-    atomic_write_bytes(path, (json.dumps({**latest, "runs": runs}, indent=2) + "\n").encode())
 
 
 def main() -> None:

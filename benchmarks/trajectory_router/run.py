@@ -30,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # runs_file.py
 
 from dllm_peft.models import load_backbone  # noqa: E402  (first: the models package imports io)
 from dllm_peft.adapters.router import (  # noqa: E402
@@ -44,8 +45,9 @@ from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs  # noq
 from dllm_peft.diffusion.loss import masked_diffusion_loss  # noqa: E402
 from dllm_peft.diffusion.sampler import sample  # noqa: E402
 from dllm_peft.diffusion.schedule import mask_counts_at  # noqa: E402
-from dllm_peft.io import atomic_write_bytes, load_adapter  # noqa: E402
+from dllm_peft.io import load_adapter  # noqa: E402
 from dllm_peft.train import train  # noqa: E402
+from runs_file import write_run  # noqa: E402  (benchmarks/runs_file.py)
 
 RESULTS = ROOT / "benchmarks" / "results" / "trajectory_router.json"
 TASKS = ("uppercase", "reverse")
@@ -94,15 +96,6 @@ def sampled(backbone, task: str, count: int, settings: SamplerConfig, routed: bo
         result = sample(backbone, prompts, settings, torch.Generator().manual_seed(0))
     correct = sum(backbone.decode(tokens).strip() == record["answer"] for tokens, record in zip(result.tokens, records))
     return correct / len(records), weights
-
-
-def write_run(path: Path, model: str, record: dict) -> None:
-    """Store this run under its model name in the results file, keeping the runs of other models; the top-level
-    `command`, `mode` and `wall_seconds` are those of the latest run."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
-    runs[model] = record
-    latest = {key: record[key] for key in ("command", "mode", "wall_seconds")}
-    atomic_write_bytes(path, (json.dumps({**latest, "runs": runs}, indent=2) + "\n").encode())
 
 
 def main() -> None:
