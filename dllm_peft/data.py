@@ -73,7 +73,7 @@ def read_records(source: str, split: str = "train") -> list[dict[str, Any]]:
     if source.startswith(BUILTIN_PREFIX):
         records = task_records(source[len(BUILTIN_PREFIX) :], split)
     elif Path(source).is_file():
-        records = _read_json_file(Path(source))
+        records = read_json_records(Path(source))
     elif Path(source).is_dir():
         records = _read_dataset(source, split, local=True)
     elif _HUB_NAME.fullmatch(source) and not source.endswith((".json", ".jsonl")):
@@ -96,7 +96,8 @@ def has_split(source: str, split: str) -> bool:
     return split in _dataset_splits(_load_dataset(source, local=True))
 
 
-def _read_json_file(path: Path) -> list[dict[str, Any]]:
+def read_json_records(path: Path) -> list[dict[str, Any]]:
+    """The objects of a `.json` array or of a JSON-lines file; a malformed line or item is one sentence naming it."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith(("[", "{")):
         try:

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from ..config import DEFAULT_MODEL, SampleConfig, SamplerConfig, help_for
-from ..data import format_prompt
+from ..data import format_prompt, read_json_records
 from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
 from ..io import atomic_write_bytes, load_adapter, read_adapter
@@ -84,26 +84,11 @@ def read_prompts(config: SampleConfig) -> list[str]:
     path = Path(config.prompts_file)
     if not path.is_file():
         raise DllmPeftError(f"prompts file {config.prompts_file!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DllmPeftError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(records, list):
-            raise DllmPeftError(f"{path} must hold a JSON array of records with a 'prompt' field")
+    if path.suffix in (".json", ".jsonl"):
+        records = read_json_records(path)  # the training data's reader: one sentence per malformed line
         prompts = [_prompt_of(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
-    elif path.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DllmPeftError(f"{path}:{number}: not a valid JSON line ({error.msg})") from None
-                prompts.append(_prompt_of(record, f"{path}:{number}"))
     else:
-        prompts = text.rstrip("\r\n").splitlines()
+        prompts = path.read_text(encoding="utf-8").rstrip("\r\n").splitlines()
         for number, line in enumerate(prompts, start=1):
             if not line.strip():
                 raise DllmPeftError(f"{path}:{number}: the prompt is empty; remove the blank line")
