@@ -10,8 +10,10 @@ import torch
 from dllm_peft import conditioning
 from dllm_peft.adapters.base import inject
 from dllm_peft.diffusion.likelihood import (
+    PADDING_FRACTION,
     greedy_matches,
     log_likelihoods,
+    plan_passes,
     reference_log_likelihood,
     request_generator,
     stratified_mask_counts,
@@ -114,3 +116,40 @@ def test_options_with_equal_lengths_share_their_fully_masked_row(backbone):
     reference = [reference_log_likelihood(backbone, p, a, mc_num=32, batch_size=8, seed=2) for p, a in options]
     assert rows == [1] and batched == pytest.approx(reference, abs=1e-5)
     assert len(set(batched)) == 4  # one forward row, four different targets
+
+
+def test_pass_plan_fills_whole_passes_first_and_bounds_the_padding():
+    lengths = [50] * 9 + [49, 48, 47, 30, 30, 12, 11]
+    passes = plan_passes(lengths, batch_size=4, merged_tokens=200)
+    assert sorted(index for members in passes for index in members) == list(range(len(lengths)))
+    assert all(len(members) <= 4 for members in passes)
+    assert passes[:2] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # whole passes of one length, unpadded
+    unmerged = sum(-(-lengths.count(length) // 4) for length in set(lengths))
+    assert len(passes) < unmerged
+    for members in passes:
+        longest = max(lengths[index] for index in members)
+        padding = sum(longest - lengths[index] for index in members)
+        assert padding <= PADDING_FRACTION * longest * len(members)
+    assert [8, 9, 10, 11] in passes and [12, 13] in passes and [14, 15] in passes  # 50 and 30 never share a pass
+    assert plan_passes(lengths, batch_size=4, merged_tokens=150)[2:4] == [[8, 9, 10], [11]]  # 4 × 50 > 150 tokens
+    assert plan_passes(lengths, batch_size=4, merged_tokens=None) == passes  # a GPU: rows and padding decide
+    with pytest.raises(DllmPeftError, match="batch_size"):
+        plan_passes([3], batch_size=0)
+
+
+@pytest.mark.parametrize("method", [None, "nara"])
+def test_rows_of_different_lengths_share_a_padded_pass_with_the_reference_numbers(backbone, method):
+    if method is not None:
+        inject(backbone.model, build_adapter_config(method, rank=4), get_method(method).layer_class,
+               backbone.default_targets)
+        randomize_adapter(backbone.model)
+        backbone.model.eval()
+    prompts = ["Question: what is 7 + 5?\nAnswer:", "Question: what is 17 + 5?\nAnswer:",
+               "Question: what is 117 + 5?\nAnswer:"]
+    requests = [(backbone.encode(prompt), backbone.encode(answer)) for prompt in prompts for answer in (" 12", " 22")]
+    passes = []
+    batched = log_likelihoods(backbone, requests, mc_num=1, batch_size=8, seed=4,
+                              on_rows=lambda n, total: passes.append(n))
+    reference = [reference_log_likelihood(backbone, p, a, mc_num=1, batch_size=8, seed=4) for p, a in requests]
+    assert passes == [6]  # three lengths, one pass (the reference runs six)
+    assert batched == pytest.approx(reference, abs=1e-4)

@@ -1,18 +1,25 @@
 """Requests/s of the batched Monte-Carlo log-likelihood against the one-request-at-a-time reference (LLaDA's loop).
 
 Both compute the same estimate (the same samples per request; the largest difference is written down) at the same
-`mc_num` and the same number of rows per forward pass, on the default model `dllm-tiny`. Workloads are the requests
-lm-eval sends for multiple-choice tasks (one request per option, the options sharing their context): the real
-commonsense test files of `--data-dir` (boolq, arc_easy, piqa; skipped when the folder is absent), the arc_easy
-questions asked MMLU-style (options listed in the context, the letters as continuations), and multiple-choice sets
-built from the built-in tasks (each prompt with its own answer and three others; short, medium or long answers).
+`mc_num` and at most the same number of rows per forward pass, on the default model `dllm-tiny`. Workloads are the
+requests lm-eval sends for multiple-choice tasks (one request per option, the options sharing their context): the real
+commonsense test files of `--data-dir` (boolq, piqa, arc_easy, arc_challenge, openbookqa; a missing one is skipped),
+the arc_easy questions asked MMLU-style (options listed in the context, the letters as continuations), and
+multiple-choice sets built from the built-in tasks (each prompt with its own answer and three others).
+
+Token counts decide the result, and `dllm-tiny` reads bytes, which makes every option 3-5 times longer than LLaDA's
+126k-token BPE does. LLaDA's tokenizer cannot be downloaded here, so the real tasks run twice: in bytes, and in a
+byte-level BPE of 32k tokens trained at start-up on the text of the `--data-dir` files (`tokenizers`, GPT-2 style).
+For the BPE workloads each question's tokens are renumbered by first appearance into the byte ids, so the model,
+its cost per token and every equality between tokens stay as they were; only the lengths change.
 
 Besides the times, each workload records the work of both arms: forward rows and tokens (padding included), counted
-in one extra untimed call. On a CPU a forward pass costs in proportion to its tokens, so the token ratio is the
-speedup to expect; the measured speedup is the ratio of the medians of interleaved repeats.
+in one extra untimed call. On a CPU a forward pass costs in proportion to its tokens plus a fixed cost, so the token
+ratio is the speedup to expect for large passes; the measured speedup is the ratio of the medians of interleaved
+repeats. The `commonsense (…)` rows add up the tasks' median times: the whole suite's requests/s.
 
     python benchmarks/loglikelihood/run.py            # writes benchmarks/results/loglikelihood.json
-    python benchmarks/loglikelihood/run.py --quick    # a reduced run (mc_num 32, fewer requests), same schema
+    python benchmarks/loglikelihood/run.py --quick    # a reduced run (mc_num 1 and 32, fewer requests), same schema
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,19 +46,60 @@ from dllm_peft.models import DEFAULT_MODEL_NAME, load_backbone
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "loglikelihood.json"
 DATA_DIR = ROOT.parent / "shared" / "data" / "llm-adapters"
-REAL_TASKS = ("boolq", "arc_easy", "piqa")
+REAL_TASKS = ("boolq", "piqa", "arc_easy", "arc_challenge", "openbookqa")
+BPE_VOCABULARY = 32000
 BUILTIN_WORKLOADS = {"addition": "short answers", "reverse": "medium answers", "uppercase": "long answers"}
-SETTINGS = {"full": {"mc_num": [8, 32, 128], "questions": 4, "repeats": 3},
-            "quick": {"mc_num": [32], "questions": 3, "repeats": 1}}
+SETTINGS = {"full": {"mc_num": [1, 8, 32, 128], "questions": 4, "repeats": 3},
+            "quick": {"mc_num": [1, 32], "questions": 3, "repeats": 1}}
 
 Requests = list[tuple[list[int], list[int]]]
 
 
-def real_requests(backbone, task: str, data_dir: Path, questions: int) -> Requests:
+def real_requests(encode: Callable[[str], list[int]], task: str, data_dir: Path, questions: int) -> Requests:
     """lm-eval's multiple-choice requests for the first `questions` documents: context, then " " + each option."""
     documents = load_documents(task, str(data_dir), fewshot=False)["test"][:questions]
-    return [(backbone.encode(doc["context"]), backbone.encode(" " + choice))
-            for doc in documents for choice in doc["choices"]]
+    return [request for doc in documents for request in question_requests(encode, doc)]
+
+
+def question_requests(encode: Callable[[str], list[int]], doc: dict) -> Requests:
+    return [(encode(doc["context"]), encode(" " + choice)) for choice in doc["choices"]]
+
+
+def subword_encoder(data_dir: Path, byte_ids: int = 256) -> Callable[[dict], Requests]:
+    """A byte-level BPE trained on the text of the `data_dir` files, as a function of a document to its requests.
+
+    Each question's BPE tokens are renumbered by first appearance into 0..`byte_ids`-1, so `dllm-tiny` can run them
+    unchanged: equal tokens stay equal within a question (what lets rows be shared), and only the lengths differ from
+    the byte encoding.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    texts = []
+    for path in sorted(data_dir.rglob("*.json")):
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rows, list):
+            texts += [value for row in rows if isinstance(row, dict) for value in row.values() if isinstance(value, str)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=BPE_VOCABULARY, min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+
+    def requests(doc: dict) -> Requests:
+        numbers: dict[int, int] = {}
+        bpe = question_requests(lambda text: tokenizer.encode(text).ids, doc)
+        renumbered = [tuple([numbers.setdefault(token, len(numbers)) for token in ids] for ids in pair) for pair in bpe]
+        if len(numbers) > byte_ids:
+            raise ValueError(f"a question uses {len(numbers)} distinct BPE tokens, more than {byte_ids}")
+        return renumbered
+
+    requests.vocabulary = tokenizer.get_vocab_size()
+    return requests
+
+
+def bpe_requests(encoder: Callable[[dict], Requests], task: str, data_dir: Path, questions: int) -> Requests:
+    documents = load_documents(task, str(data_dir), fewshot=False)["test"][:questions]
+    return [request for doc in documents for request in encoder(doc)]
 
 
 def letter_requests(backbone, task: str, data_dir: Path, questions: int) -> Requests:
@@ -72,18 +121,30 @@ def builtin_requests(backbone, task: str, questions: int) -> Requests:
             for index in range(questions) for shift in range(4)]
 
 
-def workloads(backbone, data_dir: Path, questions: int) -> tuple[dict[str, Requests], list[str]]:
-    found, skipped = {}, []
+def workloads(backbone, data_dir: Path, questions: int) -> tuple[dict[str, Requests], list[str], dict]:
+    found, skipped, suites = {}, [], {"byte": [], "BPE": []}
+    available = []
     for task in REAL_TASKS:
         try:
-            found[f"{task} (test file)"] = real_requests(backbone, task, data_dir, questions)
+            found[f"{task} (test file, byte tokens)"] = real_requests(backbone.encode, task, data_dir, questions)
+            available.append(task)
+            suites["byte"].append(f"{task} (test file, byte tokens)")
         except DllmPeftError as error:
             skipped.append(f"{task}: {error}")
-    if "arc_easy (test file)" in found:
+    tokenizer = {}
+    if available:
+        started = time.perf_counter()
+        encoder = subword_encoder(data_dir)
+        tokenizer = {"kind": "byte-level BPE trained on the --data-dir files", "vocabulary": encoder.vocabulary,
+                     "training_seconds": round(time.perf_counter() - started, 1)}
+        for task in available:
+            found[f"{task} (test file, BPE tokens)"] = bpe_requests(encoder, task, data_dir, questions)
+            suites["BPE"].append(f"{task} (test file, BPE tokens)")
+    if "arc_easy" in available:
         found["arc_easy, letter answers (MMLU-style)"] = letter_requests(backbone, "arc_easy", data_dir, questions)
     for task, label in BUILTIN_WORKLOADS.items():
         found[f"{label} (built-in {task})"] = builtin_requests(backbone, task, questions)
-    return found, skipped
+    return found, skipped, {"suites": {kind: names for kind, names in suites.items() if names}, "bpe": tokenizer}
 
 
 def reference_arm(backbone, requests: Requests, mc_num: int, batch_size: int) -> list[float]:
@@ -140,11 +201,46 @@ def measure(backbone, requests: Requests, mc_num: int, batch_size: int, repeats:
         "batched_requests_per_s": round(len(requests) / batched_s, 2),
         "speedup": round(reference_s / batched_s, 2),
         "token_ratio": round(reference_work["tokens"] / batched_work["tokens"], 2),
+        "median_seconds": {"reference": reference_s, "batched": batched_s},
         "reference_work": reference_work,
         "batched_work": batched_work,
         "seconds": {name: [round(value, 3) for value in times] for name, times in seconds.items()},
         "max_abs_difference": max(abs(x - y) for x, y in zip(values["reference"], values["batched"])),
     }
+
+
+def suite_rows(rows: list[dict], suites: dict[str, list[str]], mc_nums: list[int]) -> list[dict]:
+    """One row per suite and mc_num: the tasks' requests over the sum of their median times (both arms)."""
+    summed = []
+    for kind, names in suites.items():
+        for mc_num in mc_nums:
+            parts = [row for row in rows if row["workload"] in names and row["mc_num"] == mc_num]
+            if not parts:
+                continue
+            requests = sum(row["requests"] for row in parts)
+            seconds = {arm: sum(row["median_seconds"][arm] for row in parts) for arm in ("reference", "batched")}
+            work = {arm: {key: sum(row[f"{arm}_work"][key] for row in parts) for key in ("passes", "rows", "tokens")}
+                    for arm in ("reference", "batched")}
+            lengths = [row["answer_tokens"] for row in parts]
+            summed.append({
+                "workload": f"commonsense, {len(parts)} tasks ({kind} tokens)",
+                "suite_of": [row["workload"] for row in parts],
+                "requests": requests,
+                "answer_tokens": {"min": min(part["min"] for part in lengths),
+                                  "mean": round(sum(part["mean"] * row["requests"] for part, row in zip(lengths, parts))
+                                                / requests, 1),
+                                  "max": max(part["max"] for part in lengths)},
+                "mc_num": mc_num,
+                "reference_requests_per_s": round(requests / seconds["reference"], 2),
+                "batched_requests_per_s": round(requests / seconds["batched"], 2),
+                "speedup": round(seconds["reference"] / seconds["batched"], 2),
+                "token_ratio": round(work["reference"]["tokens"] / work["batched"]["tokens"], 2),
+                "median_seconds": seconds,
+                "reference_work": work["reference"],
+                "batched_work": work["batched"],
+                "max_abs_difference": max(row["max_abs_difference"] for row in parts),
+            })
+    return summed
 
 
 def markdown_table(rows: list[dict], mc_nums: list[int]) -> str:
@@ -162,7 +258,7 @@ def markdown_table(rows: list[dict], mc_nums: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run: mc_num 32, 3 questions, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="a reduced run: mc_num 1 and 32, 3 questions, 1 repeat")
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="LLM-Adapters folder of the real tasks")
@@ -174,7 +270,7 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(1)
     backbone = load_backbone(arguments.model, dtype="float32", device="cpu")
-    found, skipped = workloads(backbone, arguments.data_dir, settings["questions"])
+    found, skipped, about = workloads(backbone, arguments.data_dir, settings["questions"])
     rows = []
     for workload, requests in found.items():
         for mc_num in settings["mc_num"]:
@@ -182,6 +278,7 @@ def main() -> None:
                                                           settings["repeats"])})
             print(json.dumps({key: rows[-1][key] for key in ("workload", "mc_num", "speedup", "token_ratio")}),
                   flush=True)
+    rows = suite_rows(rows, about["suites"], settings["mc_num"]) + rows
     table = markdown_table(rows, settings["mc_num"])
     report = {
         "benchmark": "Monte-Carlo log-likelihood: batched across requests vs one request at a time",
@@ -192,6 +289,7 @@ def main() -> None:
                      "repeats": settings["repeats"], "timing": "median of interleaved repeats"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "goal": "batched >= 3x the reference's requests/s at the same mc_num",
+        "bpe_tokenizer": about["bpe"],
         "skipped": skipped,
         "results": rows,
         "table": table,

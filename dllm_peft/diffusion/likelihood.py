@@ -17,8 +17,10 @@ Two implementations of the same estimator:
   is forwarded once however many samples use it: identical samples of a request (a one-token answer has a single
   possible sample), and samples of different requests that feed the model the same tokens at the same λ (the
   options of a multiple-choice question with equal lengths share their fully masked sample). The distinct rows of
-  all requests are packed, sorted by length, into right-padded forward batches of `batch_size` rows, and every user
-  of a row is scored on its own clean tokens from the row's log-probabilities.
+  all requests then share forward passes of up to `batch_size` rows (`plan_passes`): rows of one length fill whole
+  passes without padding, and the partial passes left over are merged across lengths, right-padded by at most
+  `PADDING_FRACTION` of a pass's tokens, so many requests with few rows each (short answers) cost few passes. Every
+  user of a row is scored on its own clean tokens from the row's log-probabilities.
 
 `greedy_matches` is LLaDA's `suffix_greedy_prediction`: does greedy unmasking reproduce the answer? (lm-eval's
 `is_greedy`, needed by a few tasks only.)
@@ -37,6 +39,9 @@ from ..conditioning import noise_level as routed_noise_level
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
 from .schedule import NoisedBatch, forward_process
+
+PADDING_FRACTION = 0.125  # at most this share of a merged pass's tokens is padding
+MERGED_PASS_TOKENS = 512  # on a CPU, merged passes stop growing here (padding included); elsewhere only rows count
 
 
 @dataclasses.dataclass
@@ -172,39 +177,85 @@ def log_likelihoods(
                 row = rows[key] = _Row(ids, pattern, level, [])
             row.users.append((index, slot))
 
-    # 2. forward rows of one length together, `batch_size` at a time: no padding, and never more passes than the
-    #    reference (all rows of a request have its length)
+    # 2. forward the distinct rows in the passes of `plan_passes`: never more passes than the reference runs
     losses = [torch.zeros(weight.numel()) for weight in weights]
-    by_length: dict[int, list[_Row]] = {}
-    for row in rows.values():
-        by_length.setdefault(row.noised.numel(), []).append(row)
-    for length in sorted(by_length):
-        group = by_length[length]
-        for start in range(0, len(group), batch_size):
-            members = group[start : start + batch_size]
-            for row, loss in zip(members, _shared_row_losses(backbone, members, sequences)):
-                for (request, slot), value in zip(row.users, loss):
-                    losses[request][slot] = value
-            if on_rows is not None:
-                on_rows(len(members), len(rows))
+    distinct_rows = list(rows.values())
+    merged_tokens = MERGED_PASS_TOKENS if backbone.device.type == "cpu" else None
+    for members in plan_passes([row.noised.numel() for row in distinct_rows], batch_size, merged_tokens=merged_tokens):
+        chosen = [distinct_rows[index] for index in members]
+        for row, loss in zip(chosen, _shared_row_losses(backbone, chosen, sequences)):
+            for (request, slot), value in zip(row.users, loss):
+                losses[request][slot] = value
+        if on_rows is not None:
+            on_rows(len(chosen), len(distinct_rows))
 
     # 3. the estimate: minus the count-weighted mean over each request's samples
     return [-(loss * weight).sum().item() for loss, weight in zip(losses, weights)]
 
 
+def plan_passes(
+    lengths: Sequence[int],
+    batch_size: int,
+    padding_fraction: float = PADDING_FRACTION,
+    merged_tokens: int | None = MERGED_PASS_TOKENS,
+) -> list[list[int]]:
+    """Which rows share each forward pass, as lists of indices into `lengths`.
+
+    Rows of one length fill passes of `batch_size` rows first (no padding). The rows left over (fewer than
+    `batch_size` of a length) are taken longest first and merged into passes of up to `batch_size` rows while the
+    padding to the pass's longest row stays within `padding_fraction` of the pass's tokens and the pass within
+    `merged_tokens` tokens (None: no token cap). Merging pays where passes are tiny (a few short rows: the fixed cost
+    of a pass dominates); on a CPU a pass of a few hundred tokens already runs at full speed per token, so larger
+    merges would only add padding, while a GPU keeps gaining up to `batch_size` rows. There are never more passes
+    than in the unmerged plan (`ceil(rows / batch_size)` per length), and each row is in exactly one pass.
+    """
+    if batch_size < 1:
+        raise DllmPeftError(f"batch_size must be at least 1, got {batch_size}")
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    passes, leftovers = [], []
+    for length in sorted(by_length, reverse=True):
+        group = by_length[length]
+        whole = len(group) - len(group) % batch_size
+        passes += [group[start : start + batch_size] for start in range(0, whole, batch_size)]
+        leftovers += group[whole:]
+    current: list[int] = []
+    for index in leftovers:  # longest first
+        if current:
+            longest, rows = lengths[current[0]], len(current) + 1
+            padding = sum(longest - lengths[member] for member in current) + longest - lengths[index]
+            if rows > batch_size or padding > padding_fraction * longest * rows or (
+                merged_tokens is not None and longest * rows > merged_tokens
+            ):
+                passes.append(current)
+                current = []
+        current.append(index)
+    if current:
+        passes.append(current)
+    return passes
+
+
 def _shared_row_losses(backbone: Backbone, members: list[_Row], sequences: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One forward pass over `members` (rows of one length); for each row, Σ over its masked positions of
+    """One forward pass over `members` (right-padded to the longest); for each row, Σ over its masked positions of
     −log p(clean token), divided by λ, once per user of the row (each user's own clean tokens are the targets).
 
     Returns:
         per row, (users,) float32.
     """
-    noised_ids = torch.stack([row.noised for row in members])  # (B, T)
-    masked = torch.stack([row.masked for row in members])  # (B, T)
+    lengths = [row.noised.numel() for row in members]
+    width = max(lengths)
+    noised_ids = torch.full((len(members), width), backbone.mask_id, dtype=torch.long)  # (B, T), pads never scored
+    masked = torch.zeros(len(members), width, dtype=torch.bool)  # (B, T)
+    for position, row in enumerate(members):
+        noised_ids[position, : lengths[position]] = row.noised
+        masked[position, : lengths[position]] = row.masked
+    real = torch.arange(width) < torch.tensor(lengths)[:, None]  # (B, T)
+    attention_mask = None if bool(real.all()) else real.long()
     noise_level = torch.tensor([row.noise_level for row in members], dtype=torch.float32)  # (B,)
     device = backbone.device
     with routed_noise_level(backbone.model, noise_level):
-        logits = backbone.logits(noised_ids.to(device))  # (B, T, V)
+        logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device))
     rows, cols = masked.nonzero(as_tuple=True)  # (N,), (N,): every masked position of the pass
     log_probs = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1).cpu()  # (N, V)
     entry = torch.full(masked.shape, -1, dtype=torch.long)  # (B, T): row of log_probs, or -1
@@ -212,7 +263,9 @@ def _shared_row_losses(backbone: Backbone, members: list[_Row], sequences: list[
 
     # every user of every row: its row in the pass and its clean tokens
     owner = torch.tensor([position for position, row in enumerate(members) for _ in row.users])  # (C,)
-    targets = torch.stack([sequences[request] for row in members for request, _ in row.users])  # (C, T)
+    targets = torch.zeros(owner.numel(), width, dtype=torch.long)  # (C, T), read at masked positions only
+    for user, request in enumerate(request for row in members for request, _ in row.users):
+        targets[user, : sequences[request].numel()] = sequences[request]
     users, positions = masked[owner].nonzero(as_tuple=True)  # (M,), (M,)
     token_log_probs = log_probs[entry[owner[users], positions], targets[users, positions]]  # (M,)
     summed = torch.zeros(owner.numel()).index_add(0, users, token_log_probs)  # (C,)
