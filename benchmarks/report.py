@@ -10,7 +10,10 @@ markers is left as it is, and a file without a block's markers is not touched fo
   multi-process benchmarks, with its goal and whether the figure meets it;
 * `miniature`: the method comparison of `benchmarks/miniature/` (methods × tasks, mean ± std over seeds), its
   verdict and its two plots;
-* `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full.
+* `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full;
+* `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio).
+
+The performance table shows the log-likelihood's whole-suite rows (`suite_of`) when the results have them.
 
 The JSON schemas grow as the benchmarks do, so every figure is read defensively: a missing one is shown as "—".
 """
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "loglikelihood" / "README.md")
 MISSING = "—"
 DEFAULT_PLOTS = ("miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png")
 
@@ -149,9 +152,10 @@ def performance_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]
         rows.append((label, fmt(ratios.get(key), ".3f"), goal, verdict(ratios.get(key), goal)))
 
     by_workload: dict[str, list[dict]] = {}
-    for entry in dig(results, "loglikelihood", "results") or []:
-        if isinstance(entry, dict):
-            by_workload.setdefault(str(entry.get("workload", MISSING)), []).append(entry)
+    entries = [entry for entry in dig(results, "loglikelihood", "results") or [] if isinstance(entry, dict)]
+    suites = [entry for entry in entries if entry.get("suite_of")]  # whole-suite rows, when the run has them
+    for entry in suites or entries:
+        by_workload.setdefault(str(entry.get("workload", MISSING)), []).append(entry)
     for workload, entries in by_workload.items() or [(MISSING, [])]:
         figures = ", ".join(f"{fmt(e.get('speedup'), '.2f', '×')} at mc_num {e.get('mc_num', MISSING)}" for e in entries)
         met_at = [str(e.get("mc_num")) for e in entries if verdict(e.get("speedup"), "≥ 3") == "met"]
@@ -271,6 +275,24 @@ def render_timings(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def render_loglikelihood(results: dict[str, dict]) -> str:
+    """The log-likelihood benchmark's own table (every workload × mc_num), as its run wrote it, and where from."""
+    data = results.get("loglikelihood")
+    if not isinstance(data, dict) or not isinstance(data.get("table"), str):
+        return "No `loglikelihood.json` yet: run `python benchmarks/run_all.py --only loglikelihood`."
+    differences = [number(entry.get("max_abs_difference")) for entry in data.get("results") or []
+                   if isinstance(entry, dict)]
+    differences = [value for value in differences if value is not None]
+    bpe = data.get("bpe_tokenizer") or {}
+    notes = [f"`{data.get('command', MISSING)}`, mode {data.get('mode', MISSING)}, "
+             f"{fmt(data.get('wall_seconds'), '.0f')} s"]
+    if differences:
+        notes.append(f"the two arms' estimates differ by at most {max(differences):.1e} nats")
+    if number(bpe.get("vocabulary")) is not None:
+        notes.append(f"BPE vocabulary {bpe['vocabulary']:,} tokens, trained in {fmt(bpe.get('training_seconds'), '.0f')} s")
+    return data["table"] + "\n\n(" + "; ".join(notes) + ".)"
+
+
 def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
     """Every block's Markdown, with image links relative to the directory of the file they go into."""
     results = load_results(results_dir)
@@ -278,6 +300,7 @@ def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
         "performance": render_performance(results),
         "miniature": render_miniature(results, results_dir, relative_to),
         "timings": render_timings(results_dir),
+        "loglikelihood": render_loglikelihood(results),
     }
 
 

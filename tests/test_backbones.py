@@ -19,6 +19,7 @@ from dllm_peft.adapters.base import AdapterLayer, adapter_layers, inject, output
 from dllm_peft.conditioning import enable_gradient_checkpointing, noise_level
 from dllm_peft.config import SamplerConfig
 from dllm_peft.data import collate, tokenize_pairs
+from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.diffusion.sampler import sample
 from dllm_peft.diffusion.schedule import draw_mask_counts, forward_process
@@ -216,6 +217,21 @@ def test_batched_forward_with_padding_equals_unbatched(checkpoints, family, side
                 # -1); both sides fill that row with something else. Prompts start there, so it is never used.
                 real, alone = real[1:], alone[1:]
             torch.testing.assert_close(real, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_log_likelihood_of_rows_sharing_a_padded_pass_equals_the_reference(checkpoints, family):
+    backbone = load(checkpoints, family)
+    texts = [("the quick brown fox jumps over the lazy dog and", " runs"), ("the quick brown fox jumps over a dog", " away"),
+             ("the quick brown fox jumps over the lazy old dog and", " sleeps")]
+    requests = [(backbone.encode(prompt), backbone.encode(answer)) for prompt, answer in texts]
+    assert len({len(prompt) + len(answer) for prompt, answer in requests}) > 1
+    passes = []
+    batched = log_likelihoods(backbone, requests, mc_num=1, batch_size=8, seed=0,
+                              on_rows=lambda rows, total: passes.append(rows))
+    reference = [reference_log_likelihood(backbone, prompt, answer, mc_num=1, seed=0) for prompt, answer in requests]
+    assert len(passes) < len(requests)  # different lengths shared a right-padded pass
+    assert batched == pytest.approx(reference, abs=1e-4)
 
 
 # -- Must show 4: the loss and the sampler run unchanged -----------------------------------------------------------

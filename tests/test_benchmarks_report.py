@@ -79,9 +79,28 @@ def test_performance_table_shows_each_ratio_with_its_goal_and_verdict():
     assert "`backbone_loading.json` missing" in table and "`sampler.json` (full, 313 s)" in table
 
 
+def test_loglikelihood_suite_rows_replace_the_per_task_rows_and_get_their_own_block():
+    results = {"loglikelihood": {
+        "command": "python benchmarks/loglikelihood/run.py", "mode": "full", "wall_seconds": 1200.4,
+        "bpe_tokenizer": {"vocabulary": 32000, "training_seconds": 9.6},
+        "table": "| workload | mc_num 128 |\n|---|---|\n| boolq | 50.0× (60.0×) |",
+        "results": [
+            {"workload": "boolq", "mc_num": 128, "speedup": 50.0, "max_abs_difference": 2e-6},
+            {"workload": "commonsense, 2 tasks (BPE tokens)", "suite_of": ["boolq", "piqa"], "mc_num": 128,
+             "speedup": 2.5, "max_abs_difference": 3e-5},
+        ]}}
+    performance = report.render_performance(results)
+    assert "vs one request at a time: commonsense, 2 tasks (BPE tokens) | 2.50× at mc_num 128 | ≥ 3 | **not met** |" \
+        in performance
+    assert ": boolq |" not in performance
+    block = report.render_loglikelihood(results)
+    assert block.startswith("| workload | mc_num 128 |") and "| boolq | 50.0× (60.0×) |" in block
+    assert "mode full, 1200 s; the two arms' estimates differ by at most 3.0e-05 nats; BPE vocabulary 32,000" in block
+
+
 def test_every_block_renders_from_no_results_at_all(tmp_path):
     blocks = report.render_blocks(tmp_path, tmp_path)
-    assert set(blocks) == {"performance", "miniature", "timings"}
+    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood"}
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
 
 
