@@ -220,6 +220,18 @@ def test_batched_forward_with_padding_equals_unbatched(checkpoints, family, side
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_logits_at_kept_positions_equal_the_full_logits_there(checkpoints, family):
+    backbone = load(checkpoints, family)
+    tokens = token_ids(backbone)
+    keep = torch.tensor([0, 2, tokens.shape[1] - 1])
+    with torch.no_grad():
+        full, kept = backbone.logits(tokens), backbone.logits(tokens, keep=keep)
+    assert kept.shape == (1, 3, full.shape[-1])
+    torch.testing.assert_close(kept, full[:, keep], atol=1e-5, rtol=0)
+    # our LLaDA and Dream classes run the head on the kept positions only; remote code and masked LMs are indexed
+    assert getattr(backbone.model, "accepts_logits_to_keep", False) == (family in ("llada", "dream"))
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_log_likelihood_of_rows_sharing_a_padded_pass_equals_the_reference(checkpoints, family):
     backbone = load(checkpoints, family)
     texts = [("the quick brown fox jumps over the lazy dog and", " runs"), ("the quick brown fox jumps over a dog", " away"),

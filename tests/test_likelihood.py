@@ -137,6 +137,17 @@ def test_pass_plan_fills_whole_passes_first_and_bounds_the_padding():
         plan_passes([3], batch_size=0)
 
 
+def test_pass_plan_never_splits_the_rows_of_one_length():
+    """Eight rows of 100 tokens exceed the 512-token merge cap but stay one pass, as the reference runs them."""
+    lengths = [100] * 8 + [99] * 8 + [60] * 3 + [20] * 2 + [19] * 2
+    passes = plan_passes(lengths, batch_size=32)
+    assert passes[:2] == [list(range(8)), list(range(8, 16))]
+    assert passes[2:] == [[16, 17, 18], [19, 20, 21, 22]]
+    for batch_size in (1, 3, 32):
+        plan = plan_passes(lengths, batch_size)
+        assert len(plan) <= sum(-(-lengths.count(length) // batch_size) for length in set(lengths))
+
+
 @pytest.mark.parametrize("method", [None, "nara"])
 def test_rows_of_different_lengths_share_a_padded_pass_with_the_reference_numbers(backbone, method):
     if method is not None:

@@ -152,3 +152,18 @@ def test_only_trajectory_adapters_with_equal_settings_compose(task_adapters, tmp
         compose_trajectory_adapters(tiny_llada(seed=0), [task_adapters[0], tmp_path / "one-module"])
     with pytest.raises(DllmPeftError, match="at least two"):
         compose_trajectory_adapters(tiny_llada(seed=0), task_adapters[:1])
+
+
+def test_log_likelihood_through_a_composed_router_equals_the_reference(task_adapters):
+    """The router pools the head's input over every position, so the head must not be cut to the scored ones."""
+    from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
+
+    backbone = tiny_llada(seed=0)
+    adapter = compose_trajectory_adapters(backbone, task_adapters)
+    with torch.no_grad():  # a router whose weights depend on what it pools (a fresh one is uniform)
+        adapter.task_router.mlp[-1].weight.normal_(0.0, 5.0, generator=torch.Generator().manual_seed(0))
+    requests = [(backbone.encode("Uppercase: apple river\nAnswer:"), backbone.encode(" APPLE RIVER")),
+                (backbone.encode("Reverse: tiger\nAnswer:"), backbone.encode(" regit"))]
+    batched = log_likelihoods(backbone, requests, mc_num=8, batch_size=16, seed=0)
+    reference = [reference_log_likelihood(backbone, prompt, answer, mc_num=8, seed=0) for prompt, answer in requests]
+    assert batched == pytest.approx(reference, abs=1e-4)

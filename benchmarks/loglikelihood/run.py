@@ -156,15 +156,18 @@ def batched_arm(backbone, requests: Requests, mc_num: int, batch_size: int) -> l
 
 
 def forward_work(backbone, arm, requests: Requests, mc_num: int, batch_size: int) -> dict[str, int]:
-    """Forward passes, rows and tokens (padding included) that one call of `arm` runs."""
-    work = {"passes": 0, "rows": 0, "tokens": 0}
+    """Forward passes, rows and tokens (padding included) that one call of `arm` runs, and the logit vectors it makes
+    (positions the LM head scores: every one for the reference, the masked ones for the batched arm)."""
+    work = {"passes": 0, "rows": 0, "tokens": 0, "logit_vectors": 0}
     logits = backbone.logits
 
     def counting(input_ids, *args, **kwargs):
         work["passes"] += 1
         work["rows"] += input_ids.shape[0]
         work["tokens"] += input_ids.numel()
-        return logits(input_ids, *args, **kwargs)
+        output = logits(input_ids, *args, **kwargs)
+        work["logit_vectors"] += output.shape[0] * output.shape[1]
+        return output
 
     backbone.logits = counting
     try:
@@ -219,7 +222,8 @@ def suite_rows(rows: list[dict], suites: dict[str, list[str]], mc_nums: list[int
                 continue
             requests = sum(row["requests"] for row in parts)
             seconds = {arm: sum(row["median_seconds"][arm] for row in parts) for arm in ("reference", "batched")}
-            work = {arm: {key: sum(row[f"{arm}_work"][key] for row in parts) for key in ("passes", "rows", "tokens")}
+            work = {arm: {key: sum(row[f"{arm}_work"][key] for row in parts)
+                          for key in ("passes", "rows", "tokens", "logit_vectors")}
                     for arm in ("reference", "batched")}
             lengths = [row["answer_tokens"] for row in parts]
             summed.append({

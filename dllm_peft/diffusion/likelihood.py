@@ -201,36 +201,37 @@ def plan_passes(
 ) -> list[list[int]]:
     """Which rows share each forward pass, as lists of indices into `lengths`.
 
-    Rows of one length fill passes of `batch_size` rows first (no padding). The rows left over (fewer than
-    `batch_size` of a length) are taken longest first and merged into passes of up to `batch_size` rows while the
-    padding to the pass's longest row stays within `padding_fraction` of the pass's tokens and the pass within
-    `merged_tokens` tokens (None: no token cap). Merging pays where passes are tiny (a few short rows: the fixed cost
-    of a pass dominates); on a CPU a pass of a few hundred tokens already runs at full speed per token, so larger
-    merges would only add padding, while a GPU keeps gaining up to `batch_size` rows. There are never more passes
-    than in the unmerged plan (`ceil(rows / batch_size)` per length), and each row is in exactly one pass.
+    Rows of one length fill passes of `batch_size` rows first (no padding). What is left of each length (fewer than
+    `batch_size` rows) stays together, and these groups, longest first, are merged into passes of up to `batch_size`
+    rows while the padding to the pass's longest row stays within `padding_fraction` of the pass's tokens and the pass
+    within `merged_tokens` tokens (None: no token cap). Merging pays where passes are tiny (a few short rows: the
+    fixed cost of a pass dominates); on a CPU a pass of a few hundred tokens already runs at full speed per token, so
+    larger merges would only add padding, while a GPU keeps gaining up to `batch_size` rows. A group is never split,
+    so there are never more passes than in the unmerged plan (`ceil(rows / batch_size)` per length), hence never more
+    than the one-request-at-a-time loop runs; each row is in exactly one pass.
     """
     if batch_size < 1:
         raise DllmPeftError(f"batch_size must be at least 1, got {batch_size}")
     by_length: dict[int, list[int]] = {}
     for index, length in enumerate(lengths):
         by_length.setdefault(length, []).append(index)
-    passes, leftovers = [], []
+    passes, current = [], []
     for length in sorted(by_length, reverse=True):
         group = by_length[length]
         whole = len(group) - len(group) % batch_size
         passes += [group[start : start + batch_size] for start in range(0, whole, batch_size)]
-        leftovers += group[whole:]
-    current: list[int] = []
-    for index in leftovers:  # longest first
+        rest = group[whole:]
+        if not rest:
+            continue
         if current:
-            longest, rows = lengths[current[0]], len(current) + 1
-            padding = sum(longest - lengths[member] for member in current) + longest - lengths[index]
+            longest, rows = lengths[current[0]], len(current) + len(rest)
+            padding = sum(longest - lengths[member] for member in current) + (longest - length) * len(rest)
             if rows > batch_size or padding > padding_fraction * longest * rows or (
                 merged_tokens is not None and longest * rows > merged_tokens
             ):
                 passes.append(current)
                 current = []
-        current.append(index)
+        current = current + rest
     if current:
         passes.append(current)
     return passes
@@ -254,10 +255,14 @@ def _shared_row_losses(backbone: Backbone, members: list[_Row], sequences: list[
     attention_mask = None if bool(real.all()) else real.long()
     noise_level = torch.tensor([row.noise_level for row in members], dtype=torch.float32)  # (B,)
     device = backbone.device
+    keep = masked.any(dim=0).nonzero().squeeze(1)  # (K,) the positions masked in some row: the only ones scored
+    column = torch.full((width,), -1, dtype=torch.long)  # (T,) position -> its column of the kept logits
+    column[keep] = torch.arange(keep.numel())
     with routed_noise_level(backbone.model, noise_level):
-        logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device))
+        logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device),
+                                 keep=keep)  # (B, K, V)
     rows, cols = masked.nonzero(as_tuple=True)  # (N,), (N,): every masked position of the pass
-    log_probs = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1).cpu()  # (N, V)
+    log_probs = torch.log_softmax(logits[rows.to(device), column[cols].to(device)].float(), dim=-1).cpu()  # (N, V)
     entry = torch.full(masked.shape, -1, dtype=torch.long)  # (B, T): row of log_probs, or -1
     entry[rows, cols] = torch.arange(rows.numel())
 

@@ -29,20 +29,40 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         """Denoiser logits aligned with the input.
 
         Args:
             input_ids: (B, T) token ids, mask tokens where the canvas is still noisy.
             attention_mask: (B, T), 1 for real tokens and 0 for padding.
+            keep: (K,) positions to score, or None for all. Models that take transformers' `logits_to_keep` (our
+                LLaDA and Dream classes) then run the LM head on those positions only (a (B, T, 126k) tensor is
+                gigabytes at LLaDA-8B's vocabulary), unless something hooks the head's input (LoRA-Diffusion's
+                adapter and router read every position there); otherwise the full logits are indexed.
         Returns:
-            (B, T, V) logits; row i scores the token at position i.
+            (B, T, V) logits, or (B, K, V) with `keep`; row i scores the token at position i (at keep[i]).
         """
+        if keep is None:
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            logits = output.logits if hasattr(output, "logits") else output[0]
+            if self.shift_logits:
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, T, V)
+            return logits
+        source = (keep - 1).clamp(min=0) if self.shift_logits else keep  # (K,) the model's rows for those positions
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        hooked = head is not None and bool(head._forward_pre_hooks or head._forward_hooks)  # LoRA-Diffusion, router
+        head_only_there = getattr(self.model, "accepts_logits_to_keep", False) and not hooked
+        if head_only_there:
+            kwargs["logits_to_keep"] = source.to(input_ids.device)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = output.logits if hasattr(output, "logits") else output[0]
-        if self.shift_logits:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, T, V)
-        return logits
+        return logits if head_only_there else logits[:, source.to(logits.device)]  # (B, K, V)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -46,6 +46,7 @@ class DreamModel(Qwen2ForCausalLM):
     """Dream: Qwen2 weights and names, non-causal attention, shifted logits. `forward` returns (B, T, V) logits."""
 
     config_class = DreamConfig
+    accepts_logits_to_keep = True  # `Backbone.logits(keep=…)` runs the LM head on those positions only
 
     def __init__(self, config: DreamConfig):
         super().__init__(config)

@@ -226,6 +226,7 @@ class LLaDAModelLM(PreTrainedModel):
     """LLaDA with its LM head; ``forward`` returns logits over ``embedding_size`` rows for every position."""
 
     config_class = LLaDAConfig
+    accepts_logits_to_keep = True  # `Backbone.logits(keep=…)` runs the LM head on those positions only
     base_model_prefix = "model"
     _no_split_modules = ["LLaDALlamaBlock"]
     supports_gradient_checkpointing = True
@@ -262,14 +263,16 @@ class LLaDAModelLM(PreTrainedModel):
                 position_ids: Optional[torch.LongTensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
                 past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = False,
                 cache_positions: Optional[CachePositions] = None, output_hidden_states: Optional[bool] = False,
-                return_dict: Optional[bool] = True, **kwargs: Any):
+                return_dict: Optional[bool] = True, logits_to_keep: Union[int, torch.Tensor] = 0, **kwargs: Any):
         """Bidirectional forward over ``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, d]).
 
         Cache: ``use_cache=True`` returns per-layer (k, v) [B, Hkv, S, hd] (after RoPE). Given ``past_key_values`` for a
         canvas of length S and ``cache_positions`` (slice or 1-D LongTensor, the canvas positions of the T tokens),
         only those tokens are computed, their k/v replace a copy of the cache there, and they attend over all S
         positions (``attention_mask`` is then [B, S]). Without ``cache_positions`` the tokens are appended after the
-        cache. ``position_ids`` ([B, T] or [T]) override the RoPE positions. Extra kwargs (e.g. labels) are ignored.
+        cache. ``position_ids`` ([B, T] or [T]) override the RoPE positions. ``logits_to_keep`` (as in transformers:
+        an int keeps the last that many positions, a 1-D tensor those positions; 0 keeps all) runs the LM head on
+        those positions only, so the logits are [B, K, rows]. Extra kwargs (e.g. labels) are ignored.
         """
         tr = self.model.transformer
         if (input_ids is None) == (inputs_embeds is None):
@@ -314,7 +317,11 @@ class LLaDAModelLM(PreTrainedModel):
         x = tr.ln_f(x)  # [B, T, d]
         if output_hidden_states:
             hidden.append(x)  # as in the reference: the last entry is the normed state fed to the head
-        logits = F.linear(x, tr.wte.weight) if self.config.weight_tying else tr.ff_out(x)  # [B, T, rows]
+        if isinstance(logits_to_keep, torch.Tensor):
+            x = x[:, logits_to_keep.to(x.device)]  # [B, K, d]
+        elif logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = F.linear(x, tr.wte.weight) if self.config.weight_tying else tr.ff_out(x)  # [B, T or K, rows]
 
         past = presents if use_cache else None
         hidden_states = tuple(hidden) if output_hidden_states else None
