@@ -289,7 +289,8 @@ def render_loglikelihood(results: dict[str, dict]) -> str:
     if differences:
         notes.append(f"the two arms' estimates differ by at most {max(differences):.1e} nats")
     if number(bpe.get("vocabulary")) is not None:
-        notes.append(f"BPE vocabulary {bpe['vocabulary']:,} tokens, trained in {fmt(bpe.get('training_seconds'), '.0f')} s")
+        trained = fmt(bpe.get("training_seconds"), ".0f")
+        notes.append(f"BPE vocabulary {bpe['vocabulary']:,} tokens, trained in {trained} s")
     return data["table"] + "\n\n(" + "; ".join(notes) + ".)"
 
 

@@ -234,7 +234,8 @@ def test_logits_at_kept_positions_equal_the_full_logits_there(checkpoints, famil
 @pytest.mark.parametrize("family", FAMILIES)
 def test_log_likelihood_of_rows_sharing_a_padded_pass_equals_the_reference(checkpoints, family):
     backbone = load(checkpoints, family)
-    texts = [("the quick brown fox jumps over the lazy dog and", " runs"), ("the quick brown fox jumps over a dog", " away"),
+    texts = [("the quick brown fox jumps over the lazy dog and", " runs"),
+             ("the quick brown fox jumps over a dog", " away"),
              ("the quick brown fox jumps over the lazy old dog and", " sleeps")]
     requests = [(backbone.encode(prompt), backbone.encode(answer)) for prompt, answer in texts]
     assert len({len(prompt) + len(answer) for prompt, answer in requests}) > 1

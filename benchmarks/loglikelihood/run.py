@@ -9,8 +9,8 @@ multiple-choice sets built from the built-in tasks (each prompt with its own ans
 
 Token counts decide the result, and `dllm-tiny` reads bytes, which makes every option 3-5 times longer than LLaDA's
 126k-token BPE does. LLaDA's tokenizer cannot be downloaded here, so the real tasks run twice: in bytes, and in a
-byte-level BPE of 32k tokens trained at start-up on the text of the `--data-dir` files (`tokenizers`, GPT-2 style).
-For the BPE workloads each question's tokens are renumbered by first appearance into the byte ids, so the model,
+byte-level BPE of up to 32k tokens trained at start-up on the text of the `--data-dir` files (`tokenizers`, GPT-2
+style). For the BPE workloads each question's tokens are renumbered by first appearance into the byte ids, so the model,
 its cost per token and every equality between tokens stay as they were; only the lengths change.
 
 Besides the times, each workload records the work of both arms: forward rows and tokens (padding included), counted
@@ -49,8 +49,9 @@ DATA_DIR = ROOT.parent / "shared" / "data" / "llm-adapters"
 REAL_TASKS = ("boolq", "piqa", "arc_easy", "arc_challenge", "openbookqa")
 BPE_VOCABULARY = 32000
 BUILTIN_WORKLOADS = {"addition": "short answers", "reverse": "medium answers", "uppercase": "long answers"}
-SETTINGS = {"full": {"mc_num": [1, 8, 32, 128], "questions": 4, "repeats": 3},
-            "quick": {"mc_num": [1, 32], "questions": 3, "repeats": 1}}
+# questions per task; the BPE workloads are several times cheaper (shorter), so they get more, for a steadier figure
+SETTINGS = {"full": {"mc_num": [1, 8, 32, 128], "questions": 4, "bpe_questions": 24, "repeats": 3},
+            "quick": {"mc_num": [1, 32], "questions": 3, "bpe_questions": 6, "repeats": 1}}
 
 Requests = list[tuple[list[int], list[int]]]
 
@@ -78,7 +79,7 @@ def subword_encoder(data_dir: Path, byte_ids: int = 256) -> Callable[[dict], Req
     for path in sorted(data_dir.rglob("*.json")):
         rows = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(rows, list):
-            texts += [value for row in rows if isinstance(row, dict) for value in row.values() if isinstance(value, str)]
+            texts += [text for row in rows if isinstance(row, dict) for text in row.values() if isinstance(text, str)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
@@ -121,7 +122,9 @@ def builtin_requests(backbone, task: str, questions: int) -> Requests:
             for index in range(questions) for shift in range(4)]
 
 
-def workloads(backbone, data_dir: Path, questions: int) -> tuple[dict[str, Requests], list[str], dict]:
+def workloads(
+    backbone, data_dir: Path, questions: int, bpe_questions: int
+) -> tuple[dict[str, Requests], list[str], dict]:
     found, skipped, suites = {}, [], {"byte": [], "BPE": []}
     available = []
     for task in REAL_TASKS:
@@ -138,7 +141,7 @@ def workloads(backbone, data_dir: Path, questions: int) -> tuple[dict[str, Reque
         tokenizer = {"kind": "byte-level BPE trained on the --data-dir files", "vocabulary": encoder.vocabulary,
                      "training_seconds": round(time.perf_counter() - started, 1)}
         for task in available:
-            found[f"{task} (test file, BPE tokens)"] = bpe_requests(encoder, task, data_dir, questions)
+            found[f"{task} (test file, BPE tokens)"] = bpe_requests(encoder, task, data_dir, bpe_questions)
             suites["BPE"].append(f"{task} (test file, BPE tokens)")
     if "arc_easy" in available:
         found["arc_easy, letter answers (MMLU-style)"] = letter_requests(backbone, "arc_easy", data_dir, questions)
@@ -262,7 +265,8 @@ def markdown_table(rows: list[dict], mc_nums: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run: mc_num 1 and 32, 3 questions, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced run: mc_num 1 and 32, 3 questions (6 in BPE), 1 repeat")
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="LLM-Adapters folder of the real tasks")
@@ -274,7 +278,7 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(1)
     backbone = load_backbone(arguments.model, dtype="float32", device="cpu")
-    found, skipped, about = workloads(backbone, arguments.data_dir, settings["questions"])
+    found, skipped, about = workloads(backbone, arguments.data_dir, settings["questions"], settings["bpe_questions"])
     rows = []
     for workload, requests in found.items():
         for mc_num in settings["mc_num"]:
@@ -290,6 +294,7 @@ def main() -> None:
         "mode": mode,
         "model": arguments.model,
         "settings": {"rows_per_forward": arguments.batch_size, "torch_threads": 1, "questions": settings["questions"],
+                     "bpe_questions": settings["bpe_questions"],
                      "repeats": settings["repeats"], "timing": "median of interleaved repeats"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "goal": "batched >= 3x the reference's requests/s at the same mc_num",
