@@ -48,21 +48,21 @@ class Backbone:
         Returns:
             (B, T, V) logits, or (B, K, V) with `keep`; row i scores the token at position i (at keep[i]).
         """
-        if keep is None:
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            logits = output.logits if hasattr(output, "logits") else output[0]
-            if self.shift_logits:
-                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, T, V)
-            return logits
-        source = (keep - 1).clamp(min=0) if self.shift_logits else keep  # (K,) the model's rows for those positions
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        hooked = head is not None and bool(head._forward_pre_hooks or head._forward_hooks)  # LoRA-Diffusion, router
-        head_only_there = getattr(self.model, "accepts_logits_to_keep", False) and not hooked
-        if head_only_there:
-            kwargs["logits_to_keep"] = source.to(input_ids.device)
+        head_only_there = False
+        if keep is not None:
+            source = (keep - 1).clamp(min=0) if self.shift_logits else keep  # (K,) the model's rows for them
+            head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+            hooked = head is not None and bool(head._forward_pre_hooks or head._forward_hooks)  # LoRA-Diffusion
+            head_only_there = getattr(self.model, "accepts_logits_to_keep", False) and not hooked
+            if head_only_there:
+                kwargs["logits_to_keep"] = source.to(input_ids.device)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = output.logits if hasattr(output, "logits") else output[0]
-        return logits if head_only_there else logits[:, source.to(logits.device)]  # (B, K, V)
+        if keep is not None:
+            return logits if head_only_there else logits[:, source.to(logits.device)]  # (B, K, V)
+        if self.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, T, V)
+        return logits
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
