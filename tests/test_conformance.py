@@ -98,3 +98,18 @@ def test_every_adapter_parameter_gets_a_gradient_within_two_steps(method, batch)
             optimizer.step()
         optimizer.zero_grad()
     assert touched == set(parameters), sorted(set(parameters) - touched)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_logits_at_kept_positions_equal_the_full_logits_there(method, batch):
+    """The log-likelihood scores only masked positions through `Backbone.logits(keep=…)`; every method (virtual
+    tokens, hooks on the head, noise routing) gives there exactly what the full logits give."""
+    backbone = injected(method)
+    randomize_adapter(backbone.model)
+    backbone.model.eval()
+    keep = torch.tensor([1, 5, batch.input_ids.shape[1] - 1])
+    for level in (0.2, 0.9):
+        with torch.no_grad(), noise_level(backbone.model, level):
+            full = backbone.logits(batch.input_ids, batch.attention_mask)
+            kept = backbone.logits(batch.input_ids, batch.attention_mask, keep=keep)
+        torch.testing.assert_close(kept, full[:, keep], atol=1e-5, rtol=0)

@@ -8,7 +8,8 @@ two hooks on the model root, shared with prefix tuning (`prefix.py`):
     become `inputs_embeds`); the attention mask gains n ones; explicit RoPE positions move up by n (the virtual
     tokens take positions 0..n−1);
   * after the forward, the n virtual positions are cut from the logits (and from the hidden states of a dict
-    output), so `backbone.logits` still returns (B, T, V) aligned with the caller's input.
+    output), so `backbone.logits` still returns (B, T, V) aligned with the caller's input. A `logits_to_keep` of
+    positions (`Backbone.logits(keep=…)`) is moved up by n instead, and the (B, K, V) logits are left whole.
 
 KV-cache calls (the sampler's prefix/dual cache, LLaDA's `cache_positions` protocol): a full forward with
 `use_cache=True` returns K/V over n + T positions, the virtual ones first. A later call that passes those
@@ -67,6 +68,7 @@ class VirtualTokens(ModelAdapter):
         super().__init__(model, config, router)
         self.count = config.num_virtual_tokens
         self._added = 0  # virtual positions prepended by the running forward, cut from its output afterwards
+        self._logits_cut = 0  # how many of them to cut from its logits (0 when it kept chosen positions only)
 
     def attach(self, model: nn.Module) -> list[str]:
         self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
@@ -95,6 +97,12 @@ class VirtualTokens(ModelAdapter):
                 kwargs["cache_positions"] = torch.as_tensor(positions) + self.count
         else:
             self._added = self.grow_input(model, kwargs)
+        self._logits_cut = self._added
+        keep = kwargs.get("logits_to_keep")
+        if self._added and isinstance(keep, torch.Tensor):  # chosen positions: the same ones, n places further on
+            kwargs["logits_to_keep"], self._logits_cut = keep + self._added, 0
+        elif self._added and keep:  # the last `keep` positions are the caller's already
+            self._logits_cut = 0
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2:
             ones = mask.new_ones(mask.shape[0], self.count)
@@ -110,11 +118,12 @@ class VirtualTokens(ModelAdapter):
 
     def _after_forward(self, model: nn.Module, args: tuple, output):
         added, self._added = self._added, 0
+        cut, self._logits_cut = self._logits_cut, 0
         if not added:
             return output
         if isinstance(output, tuple):
-            return (output[0][:, added:], *output[1:])
-        output.logits = output.logits[:, added:]  # (B, T, V)
+            return (output[0][:, cut:], *output[1:])
+        output.logits = output.logits[:, cut:]  # (B, T, V), or (B, K, V) as kept
         if getattr(output, "hidden_states", None) is not None:
             output.hidden_states = tuple(state[:, added:] for state in output.hidden_states)
         return output
