@@ -11,7 +11,8 @@ markers is left as it is, and a file without a block's markers is not touched fo
 * `miniature`: the method comparison of `benchmarks/miniature/` (methods × tasks, mean ± std over seeds), its
   verdict and its two plots;
 * `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full;
-* `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio).
+* `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio);
+* `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses).
 
 The performance table shows the log-likelihood's whole-suite rows (`suite_of`) when the results have them.
 
@@ -294,6 +295,23 @@ def render_loglikelihood(results: dict[str, dict]) -> str:
     return data["table"] + "\n\n(" + "; ".join(notes) + ".)"
 
 
+def render_trajectory_router(results: dict[str, dict]) -> str:
+    """Per model and task: the router's weight on the task's own adapter while sampling, and the test losses."""
+    runs = dig(results, "trajectory_router", "runs")
+    if not isinstance(runs, dict) or not runs:
+        return "No `trajectory_router.json` yet: run `python benchmarks/run_all.py --only trajectory_router`."
+    lines = ["| model | task | router weight on the task's adapter (all steps) | prompts routed to their task | "
+             "test loss: base / the task's adapter / composition |", "|---|---|---|---|---|"]
+    for model, run in runs.items():
+        weights, losses = dig(run, "router_weights_while_sampling") or {}, dig(run, "test_loss_at_fixed_levels") or {}
+        for task in weights:
+            share = number(dig(weights, task, "share_of_prompts_routed_to_own_task"))
+            loss = " / ".join(fmt(dig(losses, name, task), ".3f") for name in ("base", f"{task} adapter", "composition"))
+            lines.append(f"| `{model}` | `{task}` | {fmt(dig(weights, task, 'all_steps', task), '.4f')} | "
+                         f"{MISSING if share is None else f'{share:.0%}'} | {loss} |")
+    return "\n".join(lines) + "\n\n" + source_note(results, ["trajectory_router"])
+
+
 def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
     """Every block's Markdown, with image links relative to the directory of the file they go into."""
     results = load_results(results_dir)
@@ -302,6 +320,7 @@ def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
         "miniature": render_miniature(results, results_dir, relative_to),
         "timings": render_timings(results_dir),
         "loglikelihood": render_loglikelihood(results),
+        "trajectory_router": render_trajectory_router(results),
     }
 
 

@@ -98,9 +98,20 @@ def test_loglikelihood_suite_rows_replace_the_per_task_rows_and_get_their_own_bl
     assert "mode full, 1200 s; the two arms' estimates differ by at most 3.0e-05 nats; BPE vocabulary 32,000" in block
 
 
+def test_trajectory_router_block_has_a_row_per_model_and_task():
+    run = {"router_weights_while_sampling": {"uppercase": {"all_steps": {"uppercase": 0.99963, "reverse": 0.00037},
+                                                           "share_of_prompts_routed_to_own_task": 1.0}},
+           "test_loss_at_fixed_levels": {"base": {"uppercase": 5.6885}, "uppercase adapter": {"uppercase": 3.5945},
+                                         "composition": {"uppercase": 3.5941}}}
+    block = report.render_trajectory_router({"trajectory_router": {"mode": "full", "wall_seconds": 33.9,
+                                                                   "runs": {"tiny-llada": run}}})
+    assert "| `tiny-llada` | `uppercase` | 0.9996 | 100% | 5.689 / 3.595 / 3.594 |" in block
+    assert "`trajectory_router.json` (full, 34 s)" in block
+
+
 def test_every_block_renders_from_no_results_at_all(tmp_path):
     blocks = report.render_blocks(tmp_path, tmp_path)
-    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood"}
+    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "trajectory_router"}
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
 
 
