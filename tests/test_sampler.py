@@ -156,6 +156,21 @@ def test_caches_are_exact_when_cached_keys_cannot_go_stale(cache):
     assert torch.equal(plain.canvas, cached.canvas)
 
 
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_the_lm_head_runs_on_the_current_block_only(backbone, cache):
+    """Every pass asks for the block's logits alone (no (B, T, V) tensor for a large vocabulary)."""
+    asked = []
+    hook = backbone.model.register_forward_pre_hook(
+        lambda module, args, kwargs: asked.append(kwargs.get("logits_to_keep")), with_kwargs=True)
+    prompts = [backbone.encode(text) for text in PROMPTS]
+    settings = config(gen_length=16, block_length=8, steps=16, cache=cache)
+    try:
+        result = sample(backbone, prompts, settings, generators(3))
+    finally:
+        hook.remove()
+    assert len(asked) == result.forward_passes and all(isinstance(keep, torch.Tensor) for keep in asked)
+    assert {keep.numel() for keep in asked} == {8}
+
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_with_nara_a_refresh_every_step_makes_the_cache_exact(cache):
     backbone = nara_backbone()

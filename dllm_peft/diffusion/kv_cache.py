@@ -98,25 +98,26 @@ class BlockDenoiser:
         refresh_due = step == 0 or (self.cache_refresh > 0 and step % self.cache_refresh == 0)
         mask = None if self.attention_mask is None else self.attention_mask[rows]  # (R, S)
         positions = {} if self.position_ids is None else {"position_ids": self.position_ids[rows]}  # (R, S)
+        block = torch.arange(start, end, device=canvas.device)  # (L,) the only positions scored: the LM head runs there
         with noise_level(self.backbone.model, level):
             if self.cache == "none":
-                return self.backbone.logits(canvas, mask, **positions)[:, start:end]
+                return self.backbone.logits(canvas, mask, keep=block, **positions)
             if refresh_due:
-                logits, fresh = self._logits_and_cache(canvas, mask, positions)
+                logits, fresh = self._logits_and_cache(canvas, mask, positions, block)
                 self._store(fresh, rows)
-                return logits[:, start:end]
+                return logits
             stop = canvas.shape[1] if self.cache == "prefix" else end
-            logits = self.backbone.logits(
+            return self.backbone.logits(
                 canvas[:, start:stop],
                 mask,  # the computed positions attend over the whole canvas
+                keep=block - start,  # the block leads the computed slice
                 past_key_values=self._rows_of_cache(rows),
                 cache_positions=slice(start, stop),
                 **{name: value[:, start:stop] for name, value in positions.items()},
             )
-        return logits[:, : end - start]
 
     def _logits_and_cache(
-        self, canvas: torch.Tensor, mask: torch.Tensor, positions: dict[str, torch.Tensor]
+        self, canvas: torch.Tensor, mask: torch.Tensor, positions: dict[str, torch.Tensor], keep: torch.Tensor
     ) -> tuple[torch.Tensor, KVCache]:
         """A full forward that also returns the K/V of every position (captured from the model's output)."""
         captured: list[KVCache] = []
@@ -124,7 +125,7 @@ class BlockDenoiser:
             lambda module, args, output: captured.append(list(output.past_key_values))
         )
         try:
-            logits = self.backbone.logits(canvas, mask, use_cache=True, **positions)
+            logits = self.backbone.logits(canvas, mask, keep=keep, use_cache=True, **positions)
         finally:
             hook.remove()
         return logits, captured[0]
