@@ -12,7 +12,8 @@ markers is left as it is, and a file without a block's markers is not touched fo
   verdict and its two plots;
 * `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full;
 * `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio);
-* `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses).
+* `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses);
+* `sampler`: the sampler's rows of `performance`, for `benchmarks/sampler/README.md`.
 
 The performance table shows the log-likelihood's whole-suite rows (`suite_of`) when the results have them.
 
@@ -34,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "loglikelihood" / "README.md")
+READMES = (ROOT / "README.md", *(ROOT / "benchmarks" / name for name in ("README.md", "loglikelihood/README.md",
+                                                                         "sampler/README.md")))
 MISSING = "—"
 DEFAULT_PLOTS = ("miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png")
 
@@ -97,6 +99,11 @@ def source_note(results: dict[str, dict], names: list[str]) -> str:
 
 def performance_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     """(item, figure, goal, met) for every ratio of the performance table."""
+    return sampler_rows(results) + other_rows(results)
+
+
+def sampler_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """The sampler benchmark's rows: speed against the reference loop, fast decoding, NaRA's cost, accuracy."""
     sampler = results.get("sampler", {})
     rows = []
     for key, label in (("reference", "one block"), ("reference_blockwise", "4 blocks of 16")):
@@ -143,7 +150,12 @@ def performance_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]
                       f"{fmt(dig(scores, name, 'speedup_vs_default'), '.1f', '×')} faster)")
         rows.append((f"accuracy drop of {name.replace('+', ' + ')} vs the default sampler, points",
                      fmt(drop, ".1f") + detail, goal or MISSING, verdict(drop, goal) if goal else MISSING))
+    return rows
 
+
+def other_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """Training throughput, log-likelihood, backbone loading and multi-process equivalence."""
+    rows = []
     ratios = dig(results, "train_throughput", "ratios") or {}
     for key, label, goal in (
         ("nara_over_lora_step_time", "NaRA / LoRA training step time (CPU time, rank 32)", "≤ 1.05"),
@@ -184,6 +196,13 @@ def performance_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]
                  verdict(adapter_gap, f"≤ {equivalence['adapter_tolerance']}")
                  if "adapter_tolerance" in equivalence else MISSING))
     return rows
+
+
+def render_sampler(results: dict[str, dict]) -> str:
+    """The sampler's rows of the performance table, for `benchmarks/sampler/README.md`."""
+    lines = ["| item | figure | goal | goal met |", "|---|---|---|---|"]
+    lines += [f"| {item} | {figure} | {goal} | {met} |" for item, figure, goal, met in sampler_rows(results)]
+    return "\n".join(lines) + "\n\n" + source_note(results, ["sampler"])
 
 
 def render_performance(results: dict[str, dict]) -> str:
@@ -321,6 +340,7 @@ def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
         "timings": render_timings(results_dir),
         "loglikelihood": render_loglikelihood(results),
         "trajectory_router": render_trajectory_router(results),
+        "sampler": render_sampler(results),
     }
 
 

@@ -111,7 +111,7 @@ def test_trajectory_router_block_has_a_row_per_model_and_task():
 
 def test_every_block_renders_from_no_results_at_all(tmp_path):
     blocks = report.render_blocks(tmp_path, tmp_path)
-    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "trajectory_router"}
+    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "trajectory_router", "sampler"}
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
 
 
