@@ -221,15 +221,12 @@ class NaraLayer(SharedCoreMixin, LoraLayer):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.project_down(x)  # (B, ..., r)
         core = self.core(down.shape[0]).to(down.dtype)  # (B or 1, r, r)
-        if core.shape[0] == 1:  # one λ for the batch (the sampler's usual case): LoRA plus one r × r product,
-            if down.numel() > self.lora_B.numel():  # on B (out × r²) when there are more tokens than outputs
-                update = F.linear(down, self.lora_B @ core[0])  # B · C · (A x)
-            else:  # on the tokens (tokens × r²): row-vector form of C · (A x)
-                update = F.linear(F.linear(down, core[0]), self.lora_B)
+        if core.shape[0] == 1:  # one λ for the batch (the sampler's usual case): LoRA plus one r × r product
+            mixed = F.linear(down, core[0])  # row-vector form of C · (A x)
         else:
             flat = down.reshape(down.shape[0], -1, down.shape[-1])  # (B, N, r)
             mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # per sample
-            update = F.linear(mixed, self.lora_B)  # (B, ..., out)
+        update = F.linear(mixed, self.lora_B)  # (B, ..., out)
         return update if self.config.scale == 1.0 else self.config.scale * update  # as LoRA: skip a multiply by 1
 
     def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
