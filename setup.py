@@ -1,7 +1,7 @@
 """Build hook: ship `dllm_peft_lm_eval.pth`, the startup line that lets the plain `lm_eval --model dllm-peft` work.
 
 Everything else about the package is in pyproject.toml. Released lm-eval versions read no plugin entry points, so a
-`.pth` file in site-packages calls `dllm_peft.harness.registration.install()` at interpreter start (cheap: no torch,
+`.pth` file in site-packages calls `dllm_peft.evaluation.registration.install()` at interpreter start (cheap: no torch,
 no lm-eval import; see that module). The file is written at the root of the wheel, for normal and editable installs.
 """
 
@@ -11,7 +11,12 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PTH_NAME = "dllm_peft_lm_eval.pth"  # sorts after setuptools' `__editable__.*.pth`, which makes dllm_peft importable
-PTH_LINE = "import dllm_peft.harness.registration as registration; registration.install()\n"
+# One line, exec'd by `site` at every interpreter start. A file left behind by an older install whose module moved
+# (0.1's `dllm_peft.harness`) or by an uninstalled package must stay silent rather than print a traceback.
+PTH_LINE = (
+    'import sys; exec("try:\\n import dllm_peft.evaluation.registration as hook\\nexcept ImportError:\\n hook = None\\n'
+    'if hook:\\n hook.install()")\n'
+)
 
 
 class BuildPyWithStartupHook(build_py):

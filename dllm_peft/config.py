@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .adapter_options import adapter_settings
 from .errors import DllmPeftError
-from .registry import build_adapter_config, get_method
 
 
 def option(default, help: str):  # noqa: A002 - mirrors typer's keyword
@@ -80,7 +78,6 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        get_method(self.method)  # an unknown name fails here, listing the known ones
         object.__setattr__(self, "adapter_option", tuple(self.adapter_option or ()))  # resume reads a JSON list
         choices = {
             "overlong": ("drop", "truncate"),
@@ -109,20 +106,9 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise DllmPeftError("--resume continues the run in --output and --overwrite replaces it; pass only one")
         self.noise_levels  # parses, or names the bad value
-        if self.adapter_option:  # the values must also pass the method's own checks (e.g. bins ≥ 1)
-            settings = self.adapter_settings
-            try:
-                build_adapter_config(
-                    self.method, rank=self.rank, eta=self.eta, dropout=self.dropout,
-                    target_modules=self.target_modules, **settings,
-                )
-            except DllmPeftError as error:
-                raise DllmPeftError(f"--adapter-option {', '.join(self.adapter_option)}: {error}") from None
-
-    @property
-    def adapter_settings(self) -> dict[str, Any]:
-        """The method-config values of --adapter-option, by field name, each converted to the field's type."""
-        return adapter_settings(self.method, self.adapter_option)
+        # The method and --adapter-option are checked against the adapter registry by the layer that owns it
+        # (`adapters.registry.train_method_config`, called by `training.recipes.resolve_train_config`): this module is
+        # a leaf that imports no torch, so that `--help` starts fast.
 
     @property
     def target_modules(self) -> tuple[str, ...] | None:

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs
-from dllm_peft.builtin_tasks import task_records
+from dllm_peft.data.records import collate, prompt_response_pairs, tokenize_pairs
+from dllm_peft.data.tasks import task_records
 from dllm_peft.models import tiny_llada
 
 # Tiny models gain nothing from a second thread, and thread contention on a busy 2-core machine made them many

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from dllm_peft.conditioning import noise_level
+from dllm_peft.diffusion.conditioning import noise_level
 
 
 @torch.no_grad()

@@ -15,10 +15,17 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2Tokenizer
 
-from dllm_peft.adapters.base import AdapterLayer, adapter_layers, inject, output_head_name, trainable_parameters
-from dllm_peft.conditioning import enable_gradient_checkpointing, noise_level
+from dllm_peft.adapters.base import (
+    AdapterLayer,
+    adapter_layers,
+    inject,
+    output_head_name,
+    trainable_parameters,
+)
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
 from dllm_peft.config import SamplerConfig
-from dllm_peft.data import collate, tokenize_pairs
+from dllm_peft.data.records import collate, tokenize_pairs
+from dllm_peft.diffusion.conditioning import enable_gradient_checkpointing, noise_level
 from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.diffusion.sampler import sample
@@ -27,7 +34,6 @@ from dllm_peft.models import load_backbone, tiny_llada
 from dllm_peft.models.byte_tokenizer import ByteTokenizer
 from dllm_peft.models.dream import DreamModel
 from dllm_peft.models.llada import LLaDAModelLM
-from dllm_peft.registry import METHODS, build_adapter_config
 
 from .conftest import randomize_adapter
 from .tiny_checkpoints import (

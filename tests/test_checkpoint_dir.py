@@ -25,7 +25,12 @@ from dllm_peft.errors import DllmPeftError
 from dllm_peft.models import infer_targets, load_backbone
 from dllm_peft.models.llada import LLaDAModelLM
 
-from .tiny_checkpoints import isolate_remote_code, word_tokenizer, write_llada, write_remote
+from .tiny_checkpoints import (
+    isolate_remote_code,
+    word_tokenizer,
+    write_llada,
+    write_remote,
+)
 
 
 @pytest.fixture(autouse=True)

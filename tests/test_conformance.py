@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dllm_peft.adapters.base import adapter_state_dict, inject, trainable_parameters, unload
-from dllm_peft.conditioning import noise_level
+from dllm_peft.adapters.base import (
+    adapter_state_dict,
+    inject,
+    trainable_parameters,
+    unload,
+)
+from dllm_peft.adapters.files import load_adapter, save_adapter
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
+from dllm_peft.diffusion.conditioning import noise_level
 from dllm_peft.diffusion.loss import masked_diffusion_loss
-from dllm_peft.io import load_adapter, save_adapter
 from dllm_peft.models import tiny_llada
-from dllm_peft.registry import METHODS, build_adapter_config
 
 from .conftest import randomize_adapter
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dllm_peft.config import TrainConfig
-from dllm_peft.data import (
+from dllm_peft.data.records import (
     ExampleOrder,
     collate,
     format_prompt,
@@ -20,7 +20,7 @@ from dllm_peft.data import (
 )
 from dllm_peft.errors import DllmPeftError
 from dllm_peft.models.byte_tokenizer import ByteTokenizer
-from dllm_peft.recipes import RECIPES, read_settings_file, resolve_train_config
+from dllm_peft.training.recipes import RECIPES, read_settings_file, resolve_train_config
 
 
 def write_jsonl(path, records):

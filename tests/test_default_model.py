@@ -8,13 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_peft.builtin_tasks import DEFAULT_TASK, task_records
 from dllm_peft.config import DEFAULT_DATA, DEFAULT_MODEL, SamplerConfig, TrainConfig
+from dllm_peft.data.tasks import DEFAULT_TASK, task_records
 from dllm_peft.diffusion.sampler import sample
 from dllm_peft.diffusion.schedule import forward_process, mask_counts_at
 from dllm_peft.errors import DllmPeftError
 from dllm_peft.models import load_backbone, tiny_llada
-from dllm_peft.models.default import SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, shipped_recipe, write_checkpoint
+from dllm_peft.models.default import (
+    SHIPPED_DIR,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    shipped_recipe,
+    write_checkpoint,
+)
 
 HELD_OUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "tinyshakespeare" / "input.txt"
 

@@ -19,9 +19,9 @@ from lm_eval.api.model import LM
 
 from dllm_peft.config import EvalConfig
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.evaluate import run_tasks
-from dllm_peft.harness.catalogue import ALIASES, TASKS, TASKS_DIR, expand_tasks
-from dllm_peft.harness.documents import load_documents
+from dllm_peft.evaluation.catalogue import ALIASES, TASKS, TASKS_DIR, expand_tasks
+from dllm_peft.evaluation.documents import load_documents
+from dllm_peft.evaluation.evaluate import run_tasks
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the offline data {SHARED} is absent")

@@ -8,11 +8,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from dllm_peft.adapters.export import (
+    PEFT_CONFIG_FILE,
+    PEFT_WEIGHTS_FILE,
+    export_adapter,
+)
+from dllm_peft.adapters.files import save_adapter
+from dllm_peft.adapters.registry import METHODS
 from dllm_peft.config import ExportConfig
-from dllm_peft.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
-from dllm_peft.io import save_adapter
 from dllm_peft.models import tiny_llada
-from dllm_peft.registry import METHODS
 
 from .test_merge import logits, random_adapter, refused, run
 

@@ -2,7 +2,7 @@
 
 The ranks get the environment `accelerate launch --use_fsdp` sets (ACCELERATE_USE_FSDP plus torch.distributed's
 RANK, WORLD_SIZE, …); on CPU accelerate itself would fall back to MULTI_CPU, and dllm-peft shards the model with
-FSDP2 either way (`dllm_peft/sharding.py`). One sharded launch covers the FSDP paths: it resumes the 1-process run's
+FSDP2 either way (`dllm_peft/training/sharding.py`). One sharded launch covers the FSDP paths: it resumes the 1-process run's
 step-2 checkpoint (each rank loads its shard of the adapter and of the AdamW moments), trains steps 3–4 with
 --gradient-checkpointing (λ routing through the gathered root, NaRA's hypernetwork on it), validates (every rank runs
 the same number of forwards), checkpoints (gathering from both ranks) and writes the final adapter.
@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
-from dllm_peft.io import read_adapter
-from dllm_peft.metrics_log import read_metrics
+from dllm_peft.adapters.files import read_adapter
+from dllm_peft.training.metrics import read_metrics
 
 from .test_multiprocess import free_port, run_in_this_process
 

@@ -18,16 +18,16 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
 from dllm_peft.adapters.base import inject
+from dllm_peft.adapters.files import save_adapter
+from dllm_peft.adapters.registry import build_adapter_config, get_method
 from dllm_peft.cli import app, main
 from dllm_peft.config import EvalConfig, SamplerConfig
 from dllm_peft.diffusion.likelihood import log_likelihoods
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.harness.__main__ import main as harness_main
-from dllm_peft.harness.catalogue import TASKS_DIR
-from dllm_peft.harness.lm import DllmPeftLM
-from dllm_peft.harness.registration import MODEL_MODULE, wrap_get_model
-from dllm_peft.io import save_adapter
-from dllm_peft.registry import build_adapter_config, get_method
+from dllm_peft.evaluation.__main__ import main as harness_main
+from dllm_peft.evaluation.catalogue import TASKS_DIR
+from dllm_peft.evaluation.lm import DllmPeftLM
+from dllm_peft.evaluation.registration import MODEL_MODULE, wrap_get_model
 
 from .conftest import randomize_adapter
 from .test_eval_tasks import write_llm_adapters_folder
@@ -47,7 +47,7 @@ def lm():
 def test_lm_eval_finds_the_model_by_name_and_the_package_declares_the_entry_point():
     assert get_model("dllm-peft") is DllmPeftLM
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["lm_eval.models"]
-    assert declared == {"dllm-peft": "dllm_peft.harness.lm:DllmPeftLM"}
+    assert declared == {"dllm-peft": "dllm_peft.evaluation.lm:DllmPeftLM"}
 
 
 def test_model_arguments_reach_the_estimator_and_the_sampler(lm):
@@ -99,7 +99,7 @@ def test_python_m_dllm_peft_harness_adds_our_tasks_and_hands_over_to_lm_eval(mon
 
     handed_over = []
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: handed_over.append(list(sys.argv)))
-    monkeypatch.setattr(sys, "argv", ["dllm_peft.harness"])
+    monkeypatch.setattr(sys, "argv", ["dllm_peft.evaluation"])
     harness_main(["--model", "dllm-peft", "--tasks", "dllm_peft_gsm8k", "--device", "cpu"])
     assert handed_over == [["lm-eval", "--model", "dllm-peft", "--tasks", "dllm_peft_gsm8k", "--device", "cpu",
                             "--include_path", str(TASKS_DIR)]]
@@ -107,9 +107,9 @@ def test_python_m_dllm_peft_harness_adds_our_tasks_and_hands_over_to_lm_eval(mon
 
 
 def test_the_startup_hook_is_installed_and_imports_neither_torch_nor_lm_eval():
-    probe = "import sys; print(sorted(m for m in ('torch', 'lm_eval', 'dllm_peft.harness.registration') if m in sys.modules))"
+    probe = "import sys; print(sorted(m for m in ('torch', 'lm_eval', 'dllm_peft.evaluation.registration') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "['dllm_peft.harness.registration']", "reinstall the package: dllm_peft_lm_eval.pth is missing"
+    assert loaded.strip() == "['dllm_peft.evaluation.registration']", "reinstall the package: dllm_peft_lm_eval.pth is missing"
 
 
 def test_the_wrapped_get_model_imports_our_module_only_when_asked_for_dllm_peft(monkeypatch):

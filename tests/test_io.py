@@ -7,9 +7,15 @@ import json
 import pytest
 
 from dllm_peft.adapters.base import adapter_layers, inject
+from dllm_peft.adapters.files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+)
 from dllm_peft.adapters.nara import NaraConfig, NaraLayer
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.io import CONFIG_FILE, WEIGHTS_FILE, load_adapter, read_adapter, save_adapter
 from dllm_peft.models import tiny_llada
 
 

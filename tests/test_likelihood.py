@@ -7,8 +7,9 @@ import random
 import pytest
 import torch
 
-from dllm_peft import conditioning
+from dllm_peft.diffusion import conditioning
 from dllm_peft.adapters.base import inject
+from dllm_peft.adapters.registry import build_adapter_config, get_method
 from dllm_peft.diffusion.likelihood import (
     PADDING_FRACTION,
     greedy_matches,
@@ -19,7 +20,6 @@ from dllm_peft.diffusion.likelihood import (
     stratified_mask_counts,
 )
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.registry import build_adapter_config, get_method
 
 from .conftest import randomize_adapter
 

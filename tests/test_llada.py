@@ -11,7 +11,12 @@ import torch.nn.functional as F
 import transformers
 from safetensors.torch import save_file
 
-from dllm_peft.models.llada import LLaDAConfig, LLaDAModelLM, _register, tiny_llada_config
+from dllm_peft.models.llada import (
+    LLaDAConfig,
+    LLaDAModelLM,
+    _register,
+    tiny_llada_config,
+)
 
 BLOCK_KEYS = ("attn_norm", "ff_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 

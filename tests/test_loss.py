@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from dllm_peft.diffusion.loss import masked_diffusion_loss
-from dllm_peft.diffusion.schedule import draw_mask_counts, forward_process, mask_counts_at
+from dllm_peft.diffusion.schedule import (
+    draw_mask_counts,
+    forward_process,
+    mask_counts_at,
+)
 
 
 def test_the_prompt_is_never_masked_and_exactly_k_response_tokens_are(batch):

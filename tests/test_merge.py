@@ -13,13 +13,13 @@ from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM
 
 from dllm_peft.adapters.base import adapter_layers, inject
+from dllm_peft.adapters.files import WEIGHTS_FILE, read_adapter, save_adapter
+from dllm_peft.adapters.merge import PROVENANCE_FILE, merge_into_base
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
 from dllm_peft.cli import app, main
-from dllm_peft.conditioning import noise_level
 from dllm_peft.config import ExportConfig, InspectConfig, MergeConfig
-from dllm_peft.io import WEIGHTS_FILE, read_adapter, save_adapter
-from dllm_peft.merge import PROVENANCE_FILE, merge_into_base
+from dllm_peft.diffusion.conditioning import noise_level
 from dllm_peft.models import load_backbone, tiny_llada
-from dllm_peft.registry import METHODS, build_adapter_config
 
 from .conftest import randomize_adapter
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from dllm_peft.adapters.base import inject, trainable_parameters
-from dllm_peft.builtin_tasks import task_records
-from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
+from dllm_peft.data.records import collate, prompt_response_pairs, tokenize_pairs
+from dllm_peft.data.tasks import task_records
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.diffusion.schedule import mask_counts_at
 from dllm_peft.models import tiny_llada
-from dllm_peft.registry import METHODS, build_adapter_config
 
 from .conftest import make_batch
 
@@ -105,8 +105,8 @@ def test_twenty_steps_lower_the_held_out_loss(method):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_inspect_reports_the_formula(method, tmp_path):
     """What `dllm-peft inspect ADAPTER --model tiny-llada` prints as the trainable count is the formula."""
-    summary = pytest.importorskip("dllm_peft.summary")
-    from dllm_peft.io import save_adapter
+    summary = pytest.importorskip("dllm_peft.adapters.summary")
+    from dllm_peft.adapters.files import save_adapter
 
     save_adapter(adapted(method), tmp_path / "adapter")
     parts = summary.adapter_in_backbone(tiny_llada(seed=0), tmp_path / "adapter")

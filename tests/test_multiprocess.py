@@ -15,9 +15,9 @@ import sys
 import pytest
 import torch
 
+from dllm_peft.adapters.files import read_adapter
 from dllm_peft.cli import main
-from dllm_peft.io import read_adapter
-from dllm_peft.metrics_log import read_metrics
+from dllm_peft.training.metrics import read_metrics
 
 RUN = [
     *("train", "--method", "nara", "--rank", "4", "--batch-size", "2", "--max-steps", "4", "--lr", "0.01"),

@@ -8,7 +8,12 @@ import torch
 from dllm_peft.adapters.base import adapter_layers, inject
 from dllm_peft.adapters.lora import LoraConfig, LoraLayer
 from dllm_peft.adapters.nara import NaraCConfig, NaraConfig, NaraLayer, NoiseCore
-from dllm_peft.conditioning import NoiseLevelMissing, enable_gradient_checkpointing, find_router, noise_level
+from dllm_peft.diffusion.conditioning import (
+    NoiseLevelMissing,
+    enable_gradient_checkpointing,
+    find_router,
+    noise_level,
+)
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.models import tiny_llada
 

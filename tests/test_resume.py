@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_peft.checkpoint import checkpoint_steps
+from dllm_peft.adapters.files import read_adapter
 from dllm_peft.cli import main, train_command
-from dllm_peft.io import read_adapter
-from dllm_peft.metrics_log import read_metrics
+from dllm_peft.training.checkpoint import checkpoint_steps
+from dllm_peft.training.metrics import read_metrics
 
 # Dropout on, several epochs of a small data set, validation and checkpoints on: every RNG the loop uses matters.
 RUN = [

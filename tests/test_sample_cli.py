@@ -18,7 +18,6 @@ from dllm_peft.diffusion.sampler import sample
 from dllm_peft.models import tiny_llada
 
 
-
 def run(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

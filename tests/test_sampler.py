@@ -8,18 +8,17 @@ import pytest
 import torch
 
 from dllm_peft.adapters.base import inject
-from dllm_peft.conditioning import NoiseRouter
+from dllm_peft.adapters.registry import build_adapter_config, get_method
 from dllm_peft.config import SamplerConfig
+from dllm_peft.diffusion.conditioning import NoiseRouter
 from dllm_peft.diffusion.sampler import _step, sample
 from dllm_peft.errors import DllmPeftError
 from dllm_peft.models import load_backbone, tiny_llada
-from dllm_peft.registry import build_adapter_config, get_method
 
 from .conftest import randomize_adapter
 from .llada_reference import reference_generate
-from .tiny_checkpoints import TEXTS as CHECKPOINT_TEXTS, write_dream, write_roberta
-
-
+from .tiny_checkpoints import TEXTS as CHECKPOINT_TEXTS
+from .tiny_checkpoints import write_dream, write_roberta
 
 PROMPTS = ["Uppercase: apple\nAnswer:", "Reverse: tiger\nAnswer:", "Question: 3 + 4 = ?\nAnswer: the"]
 

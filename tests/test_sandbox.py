@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dllm_peft.sandbox import SandboxLimits, enforcement, run_program, run_programs
+from dllm_peft.evaluation.sandbox import (
+    SandboxLimits,
+    enforcement,
+    run_program,
+    run_programs,
+)
 
 LAYERS = enforcement()
 FAST = SandboxLimits(timeout=5.0)  # ample for honest programs on a loaded machine; endless loops get less

@@ -9,17 +9,21 @@ import math
 import pytest
 import torch
 
-from dllm_peft.adapters.base import adapter_layers, adapter_state_dict, trainable_parameters
-from dllm_peft.io import WEIGHTS_FILE, save_adapter
-from dllm_peft.models import tiny_llada
-from dllm_peft.registry import METHODS
-from dllm_peft.summary import (
+from dllm_peft.adapters.base import (
+    adapter_layers,
+    adapter_state_dict,
+    trainable_parameters,
+)
+from dllm_peft.adapters.files import WEIGHTS_FILE, save_adapter
+from dllm_peft.adapters.registry import METHODS
+from dllm_peft.adapters.summary import (
     AdapterSummary,
     adapter_in_backbone,
     effective_rank,
     standalone_adapter,
     summarize,
 )
+from dllm_peft.models import tiny_llada
 
 from .test_merge import random_adapter, refused, rewritten, run
 

@@ -9,12 +9,13 @@ import types
 import pytest
 import torch
 
+from dllm_peft.adapters.files import read_adapter
+from dllm_peft.adapters.options import adapter_settings
 from dllm_peft.cli import main
 from dllm_peft.config import DEFAULT_DATA, TrainConfig
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.io import read_adapter
-from dllm_peft.metrics_log import MetricsLog, read_metrics
-from dllm_peft.train import learning_rate, total_steps, train
+from dllm_peft.training.metrics import MetricsLog, read_metrics
+from dllm_peft.training.train import learning_rate, total_steps, train
 
 TINY = dict(rank=4, batch_size=4, val_size=8, eval_every=0, save_every=0, lr=1e-2)
 
@@ -208,7 +209,7 @@ def test_adapter_option_in_a_settings_file(tmp_path, capsys):
 def test_adapter_option_values_take_the_field_types_and_mistakes_list_the_valid_keys(tmp_path, capsys):
     config = TrainConfig(method="nara", adapter_option=["hidden_sizes=32,64", "embedding=mlp", "groups=q_proj;v_proj"])
     assert config.adapter_option == ("hidden_sizes=32,64", "embedding=mlp", "groups=q_proj;v_proj")
-    assert config.adapter_settings == {"hidden_sizes": (32, 64), "embedding": "mlp", "groups": (("q_proj",), ("v_proj",))}
+    assert adapter_settings(config.method, config.adapter_option) == {"hidden_sizes": (32, 64), "embedding": "mlp", "groups": (("q_proj",), ("v_proj",))}
     keys = "valid keys for multilora: scale, bins"
     refused(tmp_path, capsys, ["--method", "multilora", "--adapter-option", "bins=two"], f"'two' is not an integer; {keys}")
     refused(tmp_path, capsys, ["--method", "multilora", "--adapter-option", "binz=2"], f"known key; {keys}")

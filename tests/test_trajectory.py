@@ -9,17 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from dllm_peft.adapters.base import find_model_adapter, inject, trainable_parameters
-from dllm_peft.adapters.router import compose_trajectory_adapters, recorded_router_weights, router_batch, train_router
-from dllm_peft.adapters.trajectory import TrajectoryAdapter, TrajectoryConfig, trajectory_regularization
-from dllm_peft.builtin_tasks import task_records
-from dllm_peft.conditioning import noise_level
+from dllm_peft.adapters.files import save_adapter
+from dllm_peft.adapters.router import recorded_router_weights
+from dllm_peft.adapters.trajectory import (
+    TrajectoryAdapter,
+    TrajectoryConfig,
+    trajectory_regularization,
+)
 from dllm_peft.config import SamplerConfig
-from dllm_peft.data import Example, prompt_response_pairs, tokenize_pairs
+from dllm_peft.data.records import Example, prompt_response_pairs, tokenize_pairs
+from dllm_peft.data.tasks import task_records
+from dllm_peft.diffusion.conditioning import noise_level
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.diffusion.sampler import sample
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.io import save_adapter
 from dllm_peft.models import tiny_llada
+from dllm_peft.training.router import compose_from_files, router_batch, train_router
 
 from .conftest import make_batch, randomize_adapter
 
@@ -117,7 +122,7 @@ def test_router_batches_are_shaped_like_the_samplers_canvas():
 def test_two_task_adapters_compose_through_the_router_at_sampling_time(task_adapters):
     """Must show 3: after router training, each prompt is sampled mostly through its own task's adapter."""
     backbone = tiny_llada(seed=0)
-    adapter = compose_trajectory_adapters(backbone, task_adapters)
+    adapter = compose_from_files(backbone, task_adapters)
     assert adapter.config.task_names == ("uppercase", "reverse")
     batches = router_batches(backbone, adapter.config.task_names)
     generator = torch.Generator().manual_seed(1)
@@ -132,10 +137,10 @@ def test_two_task_adapters_compose_through_the_router_at_sampling_time(task_adap
 
 
 def test_a_router_sure_of_one_task_equals_that_task_adapter_alone(task_adapters, batch):
-    from dllm_peft.io import load_adapter
+    from dllm_peft.adapters.files import load_adapter
 
     composed = tiny_llada(seed=0)
-    adapter = compose_trajectory_adapters(composed, task_adapters)
+    adapter = compose_from_files(composed, task_adapters)
     with torch.no_grad():
         adapter.task_router.mlp[-1].bias.copy_(torch.tensor([0.0, 1e4]))  # softmax → exactly (0, 1)
     alone = tiny_llada(seed=0)
@@ -149,9 +154,9 @@ def test_only_trajectory_adapters_with_equal_settings_compose(task_adapters, tmp
     other = trajectory_backbone(modules=1)
     save_adapter(other, tmp_path / "one-module")
     with pytest.raises(DllmPeftError, match=r"differs from .* in \['modules'\]"):
-        compose_trajectory_adapters(tiny_llada(seed=0), [task_adapters[0], tmp_path / "one-module"])
+        compose_from_files(tiny_llada(seed=0), [task_adapters[0], tmp_path / "one-module"])
     with pytest.raises(DllmPeftError, match="at least two"):
-        compose_trajectory_adapters(tiny_llada(seed=0), task_adapters[:1])
+        compose_from_files(tiny_llada(seed=0), task_adapters[:1])
 
 
 def test_log_likelihood_through_a_composed_router_equals_the_reference(task_adapters):
@@ -159,7 +164,7 @@ def test_log_likelihood_through_a_composed_router_equals_the_reference(task_adap
     from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
 
     backbone = tiny_llada(seed=0)
-    adapter = compose_trajectory_adapters(backbone, task_adapters)
+    adapter = compose_from_files(backbone, task_adapters)
     with torch.no_grad():  # a router whose weights depend on what it pools (a fresh one is uniform)
         adapter.task_router.mlp[-1].weight.normal_(0.0, 5.0, generator=torch.Generator().manual_seed(0))
     requests = [(backbone.encode("Uppercase: apple river\nAnswer:"), backbone.encode(" APPLE RIVER")),

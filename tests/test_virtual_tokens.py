@@ -7,7 +7,12 @@ import torch
 
 from dllm_peft.adapters.base import find_model_adapter, inject
 from dllm_peft.adapters.prefix import PrefixTuning, PrefixTuningConfig
-from dllm_peft.adapters.prompt import PromptTuning, PromptTuningConfig, PTuning, PTuningConfig
+from dllm_peft.adapters.prompt import (
+    PromptTuning,
+    PromptTuningConfig,
+    PTuning,
+    PTuningConfig,
+)
 from dllm_peft.config import SamplerConfig
 from dllm_peft.diffusion.sampler import sample
 from dllm_peft.errors import DllmPeftError

@@ -10,9 +10,9 @@ from dllm_peft.adapters.dora import DoraConfig, DoraLayer, row_norms
 from dllm_peft.adapters.houlsby import HoulsbyConfig
 from dllm_peft.adapters.lora import LoraConfig, LoraLayer
 from dllm_peft.adapters.multilora import MultiLoraConfig, MultiLoraLayer, noise_bins
-from dllm_peft.conditioning import noise_level
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
+from dllm_peft.diffusion.conditioning import noise_level
 from dllm_peft.models import tiny_llada
-from dllm_peft.registry import METHODS, build_adapter_config
 
 from .conftest import randomize_adapter
 

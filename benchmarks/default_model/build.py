@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import generate, masked_accuracy, task_exact_match, text_windows  # noqa: E402
 
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
-from dllm_peft.builtin_tasks import DEFAULT_TASK, task_records  # noqa: E402
-from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs  # noqa: E402
+from dllm_peft.data.records import collate, prompt_response_pairs, tokenize_pairs  # noqa: E402
+from dllm_peft.data.tasks import DEFAULT_TASK, task_records  # noqa: E402
 from dllm_peft.diffusion.loss import masked_diffusion_loss  # noqa: E402
 from dllm_peft.models import LLADA_TARGETS  # noqa: E402
 from dllm_peft.models.backbone import Backbone  # noqa: E402

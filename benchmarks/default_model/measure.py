@@ -12,9 +12,9 @@ import random
 
 import torch
 
-from dllm_peft.builtin_tasks import task_records
-from dllm_peft.conditioning import noise_level as routed_noise_level
 from dllm_peft.config import SamplerConfig
+from dllm_peft.data.tasks import task_records
+from dllm_peft.diffusion.conditioning import noise_level as routed_noise_level
 from dllm_peft.diffusion.sampler import sample
 from dllm_peft.diffusion.schedule import forward_process, mask_counts_at
 from dllm_peft.models.backbone import Backbone

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 
 from dllm_peft.atomic import atomic_write_bytes
-from dllm_peft.builtin_tasks import task_records
+from dllm_peft.data.tasks import task_records
 from dllm_peft.diffusion.likelihood import log_likelihoods, reference_log_likelihood
 from dllm_peft.errors import DllmPeftError
-from dllm_peft.harness.documents import load_documents
+from dllm_peft.evaluation.documents import load_documents
 from dllm_peft.models import DEFAULT_MODEL_NAME, load_backbone
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # runs_file.py
 
-from dllm_peft.models import load_backbone  # noqa: E402  (first: the models package imports io)
-from dllm_peft.config import DEFAULT_MODEL, TrainConfig  # noqa: E402
-from dllm_peft.registry import METHODS  # noqa: E402
-from dllm_peft.summary import adapter_in_backbone  # noqa: E402
-from dllm_peft.train import train  # noqa: E402
 from runs_file import write_run  # noqa: E402  (benchmarks/runs_file.py)
+
+from dllm_peft.adapters.registry import METHODS  # noqa: E402
+from dllm_peft.adapters.summary import adapter_in_backbone  # noqa: E402
+from dllm_peft.config import DEFAULT_MODEL, TrainConfig  # noqa: E402
+from dllm_peft.models import load_backbone  # noqa: E402  (first: the models package imports io)
+from dllm_peft.training.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "method_zoo.json"
 STEPS = {"full": 20, "quick": 4}

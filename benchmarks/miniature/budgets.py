@@ -2,7 +2,7 @@
 
 The target is NaRA's own count at a small rank, hypernetwork included (64 → 256 → 512 → r², 181,056 parameters
 before any factor). Every other method's count is measured, not derived: the adapter is injected into the real
-`dllm-tiny` and its trainable tensors are summed, exactly as `dllm-peft train` builds it (`config.adapter_settings`
+`dllm-tiny` and its trainable tensors are summed, exactly as `dllm-peft train` builds it (`adapters.registry.train_method_config`
 parses the same `--adapter-option` strings the run is given). Counts grow with the rank, so a bisection finds the
 nearest rank in a few injections.
 """
@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Callable
 
 from dllm_peft.adapters.base import inject, trainable_parameters
-from dllm_peft.config import adapter_settings
+from dllm_peft.adapters.options import adapter_settings
+from dllm_peft.adapters.registry import build_adapter_config, get_method
 from dllm_peft.models import load_backbone
-from dllm_peft.registry import build_adapter_config, get_method
 
 MODEL = "dllm-tiny"
 TRAJECTORY_SHAPE = (64, 32, 8)  # LoRA-Diffusion's default ranks, early / middle / late; scaled as a whole

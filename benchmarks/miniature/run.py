@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from budgets import ARMS, MODEL, match, trainable_count  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from budgets import ARMS, MODEL, match, trainable_count  # noqa: E402
+from dllm_peft.adapters.summary import adapter_in_backbone, summarize  # noqa: E402
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 from dllm_peft.cli import app  # noqa: E402
 from dllm_peft.models import load_backbone  # noqa: E402
-from dllm_peft.summary import adapter_in_backbone, summarize  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "miniature.json"
 SEEDS = (0, 1, 2)

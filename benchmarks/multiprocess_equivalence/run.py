@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from dllm_peft.adapters.files import read_adapter
 from dllm_peft.atomic import atomic_write_bytes
-from dllm_peft.io import read_adapter
-from dllm_peft.metrics_log import read_metrics
+from dllm_peft.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "multiprocess_equivalence.json"

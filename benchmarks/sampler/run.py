@@ -10,7 +10,7 @@ Measures, all within one run and on one thread (the machine is shared; one threa
      batch on) and forgotten before each call (`cold`), and a second LoRA copy as the noise floor;
   4. `nara_cache_staleness`: what the KV cache costs NaRA (answers that change vs no cache; refresh policies);
   5. `accuracy`: the default NaRA adapter trained here on the default task (`dllm-peft train --method nara`,
-     seed 0), scored on its test prompts by `dllm_peft.evaluate` (what `dllm-peft eval` runs) with the default
+     seed 0), scored on its test prompts by `dllm_peft.evaluation.evaluate` (what `dllm-peft eval` runs) with the default
      sampler and with the fast settings: exact match, the drop in points (goal ≤ 1) and the speedup of the evals.
 Timings use the CPU time of this thread (`time.thread_time`: time the process waits for a core on the shared machine
 is not counted), interleave the variants call by call and repeat them; a call's time is its minimum over the repeats,
@@ -36,16 +36,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dllm_peft.adapters.base import inject  # noqa: E402
-from dllm_peft.builtin_tasks import task_records  # noqa: E402
-from dllm_peft.conditioning import find_router  # noqa: E402
+from dllm_peft.adapters.files import atomic_write_bytes  # noqa: E402
+from dllm_peft.adapters.registry import build_adapter_config, get_method  # noqa: E402
 from dllm_peft.config import DEFAULT_DATA, EvalConfig, SamplerConfig, TrainConfig  # noqa: E402
+from dllm_peft.data.tasks import task_records  # noqa: E402
+from dllm_peft.diffusion.conditioning import find_router  # noqa: E402
 from dllm_peft.diffusion.sampler import sample  # noqa: E402
 from dllm_peft.errors import DllmPeftError  # noqa: E402
-from dllm_peft.evaluate import evaluate  # noqa: E402
-from dllm_peft.io import atomic_write_bytes  # noqa: E402
+from dllm_peft.evaluation.evaluate import evaluate  # noqa: E402
 from dllm_peft.models import load_backbone, tiny_llada  # noqa: E402
-from dllm_peft.registry import build_adapter_config, get_method  # noqa: E402
-from dllm_peft.train import train  # noqa: E402
+from dllm_peft.training.train import train  # noqa: E402
 from tests.conftest import randomize_adapter  # noqa: E402
 from tests.llada_reference import reference_generate  # noqa: E402
 
@@ -287,7 +287,7 @@ def measure_accuracy(train_steps: int, limit: int | None, repeats: int, threshol
         "adapter": f"dllm-peft train --method nara --max-steps {train_steps} --seed 0 (in process, 1 thread)",
         "train_seconds": round(train_seconds, 1),
         "train_loss_last_5": round(statistics.mean(result.losses[-5:]), 4),
-        "evaluation": "dllm_peft.evaluate (dllm-peft eval --adapter A --no-compare-base), default sampler "
+        "evaluation": "dllm_peft.evaluation.evaluate (dllm-peft eval --adapter A --no-compare-base), default sampler "
                       "(gen 32 = one block, 32 steps); eval_seconds: the whole evaluate call",
         "settings": {name: configs[name].sampler for name in configs},
         "exact_match": scores,

@@ -1,7 +1,7 @@
 """Training throughput and memory: our LoRA vs our NaRA, and our LoRA vs HF PEFT's LoRA, on one LLaDA backbone.
 
 Every arm trains the same randomly initialised LLaDA (4 blocks, d_model 512, byte vocabulary) on the same batches
-of the built-in `uppercase` task, EOS-padded to 128 tokens, with the step of `dllm_peft.train`: masked-diffusion loss
+of the built-in `uppercase` task, EOS-padded to 128 tokens, with the step of `dllm_peft.training.train`: masked-diffusion loss
 with per-micro-batch seeds, backward, clip at 1.0, AdamW. Adapters: rank 32 on q_proj, k_proj, v_proj, attn_out
 (the NaRA recipe), dropout 0.05, scale 1 (PEFT: lora_alpha = r). Only the adapter differs between arms.
 
@@ -43,10 +43,10 @@ def build(arm: str):
     import torch
 
     from dllm_peft.adapters.base import inject, trainable_parameters
-    from dllm_peft.builtin_tasks import task_records
-    from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs
+    from dllm_peft.adapters.registry import build_adapter_config, get_method
+    from dllm_peft.data.records import collate, prompt_response_pairs, tokenize_pairs
+    from dllm_peft.data.tasks import task_records
     from dllm_peft.models import tiny_llada
-    from dllm_peft.registry import build_adapter_config, get_method
 
     backbone = tiny_llada(seed=SEED, **MODEL)
     examples, _ = tokenize_pairs(prompt_response_pairs(task_records("uppercase", "train", 64)), backbone, LENGTH)
@@ -68,10 +68,10 @@ def build(arm: str):
 
 
 def train_step(setup, step: int) -> tuple[float, float, int]:
-    """One step as `dllm_peft.train` takes it. Returns (CPU seconds, wall seconds, tokens)."""
+    """One step as `dllm_peft.training.train` takes it. Returns (CPU seconds, wall seconds, tokens)."""
     import torch
 
-    from dllm_peft.data import derived_seed
+    from dllm_peft.data.records import derived_seed
     from dllm_peft.diffusion.loss import masked_diffusion_loss
 
     backbone, parameters, optimizer, batches = setup

@@ -2,7 +2,7 @@
 
 LoRA-Diffusion's composition, end to end: two trajectory adapters are trained with `train()` (what
 `dllm-peft train --method trajectory` runs), one on `builtin:uppercase` and one on `builtin:reverse`; they are
-composed (`compose_trajectory_adapters`), the router is trained to recognise the task on labelled, mixed, EOS-padded
+composed (`compose_from_files`), the router is trained to recognise the task on labelled, mixed, EOS-padded
 batches (`train_router`), and the composition samples the test prompts of both tasks. Reported:
   * the router weights while sampling: per task, the mean weight of each adapter at the first denoising step (the
     instruction alone, Algorithm 1's Enc(c)) and over all steps;
@@ -32,22 +32,19 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # runs_file.py
 
-from dllm_peft.models import load_backbone  # noqa: E402  (first: the models package imports io)
-from dllm_peft.adapters.router import (  # noqa: E402
-    compose_trajectory_adapters,
-    recorded_router_weights,
-    router_batch,
-    train_router,
-)
-from dllm_peft.builtin_tasks import task_records  # noqa: E402
+from runs_file import write_run  # noqa: E402  (benchmarks/runs_file.py)
+
+from dllm_peft.adapters.files import load_adapter  # noqa: E402
+from dllm_peft.adapters.router import recorded_router_weights  # noqa: E402
 from dllm_peft.config import DEFAULT_MODEL, SamplerConfig, TrainConfig  # noqa: E402
-from dllm_peft.data import collate, prompt_response_pairs, tokenize_pairs  # noqa: E402
+from dllm_peft.data.records import collate, prompt_response_pairs, tokenize_pairs  # noqa: E402
+from dllm_peft.data.tasks import task_records  # noqa: E402
 from dllm_peft.diffusion.loss import masked_diffusion_loss  # noqa: E402
 from dllm_peft.diffusion.sampler import sample  # noqa: E402
 from dllm_peft.diffusion.schedule import mask_counts_at  # noqa: E402
-from dllm_peft.io import load_adapter  # noqa: E402
-from dllm_peft.train import train  # noqa: E402
-from runs_file import write_run  # noqa: E402  (benchmarks/runs_file.py)
+from dllm_peft.models import load_backbone  # noqa: E402
+from dllm_peft.training.router import compose_from_files, router_batch, train_router  # noqa: E402
+from dllm_peft.training.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "trajectory_router.json"
 TASKS = ("uppercase", "reverse")
@@ -134,7 +131,7 @@ def main() -> None:
             models[f"{task} adapter"] = load_backbone(args.model, dtype="float32", device="cpu")
             load_adapter(models[f"{task} adapter"], path)
         composed = load_backbone(args.model, dtype="float32", device="cpu")
-        compose_trajectory_adapters(composed, paths)
+        compose_from_files(composed, paths)
         batches = labelled_batches(composed, args.router_examples, per_task=4, response_length=settings.gen_length)
         generator = torch.Generator().manual_seed(1)
         router_losses = train_router(composed, itertools.cycle(batches), args.router_steps, args.router_lr, generator)

@@ -20,15 +20,15 @@ component (LLaDA's head `model.transformer.ff_out` shares the suffix `ff_out` wi
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
+from ..diffusion.conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
 from ..errors import DllmPeftError
+from ..models.targets import linear_layer_names, output_head_name, resolve_targets
 
 CONFIG_ATTRIBUTE = "dllm_peft_config"
 _FROZEN_FLAGS_ATTRIBUTE = "_dllm_peft_requires_grad"
@@ -173,64 +173,6 @@ ADAPTER_ATTRIBUTE = "dllm_peft_adapter"
 def find_model_adapter(model: nn.Module) -> ModelAdapter | None:
     adapter = getattr(model, ADAPTER_ATTRIBUTE, None)
     return adapter if isinstance(adapter, ModelAdapter) else None
-
-
-# -- target matching ----------------------------------------------------------------------------------------------
-def _matches(target: str, name: str) -> bool:
-    if name == target or name.endswith("." + target):
-        return True
-    try:
-        return re.fullmatch(target, name) is not None
-    except re.error:
-        return False
-
-
-def output_head_name(model: nn.Module) -> str | None:
-    """Full module name of the LM head, found by identity through `get_output_embeddings` when available."""
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    if head is not None:
-        for name, module in model.named_modules():
-            if module is head:
-                return name
-    names = [name for name, _ in model.named_modules()]
-    for candidate in ("lm_head", "model.transformer.ff_out", "transformer.ff_out"):
-        if candidate in names:
-            return candidate
-    return None
-
-
-def _names_head_explicitly(target: str, head: str) -> bool:
-    return target == head or ("." in target and head.endswith("." + target))
-
-
-def linear_layer_names(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-
-
-def resolve_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
-    """Full names of the linear layers selected by `targets`; raises for targets that select nothing."""
-    targets = list(targets)
-    head = output_head_name(model)
-    linears = linear_layer_names(model)
-    chosen: list[str] = []
-    unmatched = []
-    for target in targets:
-        hits = [
-            name
-            for name in linears
-            if _matches(target, name) and (name != head or _names_head_explicitly(target, head))
-        ]
-        if not hits:
-            unmatched.append(target)
-        chosen.extend(hit for hit in hits if hit not in chosen)
-    if unmatched:
-        suffixes = sorted({name.rsplit(".", 1)[-1] for name in linears})
-        raise DllmPeftError(
-            f"target module(s) {unmatched} match no linear layer of this model; "
-            f"its linear layers end in: {', '.join(suffixes)}"
-        )
-    return [name for name in linears if name in chosen]
 
 
 # -- inject / unload ----------------------------------------------------------------------------------------------

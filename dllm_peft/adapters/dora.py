@@ -23,7 +23,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..conditioning import as_noise_level
+from ..diffusion.conditioning import as_noise_level
 from ..errors import DllmPeftError
 from .base import AdapterConfig
 from .lora import LoraLayer

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..conditioning import ROUTER_ATTRIBUTE
+from ..diffusion.conditioning import ROUTER_ATTRIBUTE
 from .base import ADAPTER_ATTRIBUTE, MethodConfig, ModelAdapter
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ..conditioning import as_noise_level
+from ..diffusion.conditioning import as_noise_level
 from ..errors import DllmPeftError
 from .base import AdapterConfig, AdapterLayer
 

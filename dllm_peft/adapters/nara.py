@@ -1,7 +1,7 @@
 """NaRA — Noise-aware Low-Rank Adaptation (Wang, Zhuang, Huang, Zhang; ICML 2026, arXiv 2605.29716).
 
 ΔW(λ) = s · B · C(λ) · A with an r × r core C(λ) = I_r + η · reshape(F(e(λ)), r, r), where λ is the noise level (the
-masked fraction, see `conditioning.py`), e is a noise embedding and F a small hypernetwork shared by every adapted
+masked fraction, see `diffusion/conditioning.py`), e is a noise embedding and F a small hypernetwork shared by every adapted
 module of every layer. F's last layer starts at zero, so C = I at step 0 and NaRA starts exactly as LoRA.
 
 Defaults follow the authors' released recipes (`method-facts.md`): η = 0.1, s = 1.0, dropout 0.05, a 64-d Gaussian
@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conditioning import as_noise_level
+from ..diffusion.conditioning import as_noise_level
 from ..errors import DllmPeftError
-from .base import AdapterConfig, _matches
+from ..models.targets import matches_target
+from .base import AdapterConfig
 from .lora import LoraLayer
 
 EMBEDDINGS = ("fourier", "mlp", "raw")
@@ -192,7 +193,7 @@ def group_key(config: NaraCConfig, module_name: str) -> str:
     if config.groups is None:
         return "shared"
     for index, group in enumerate(config.groups):
-        if any(_matches(target, module_name) for target in group):
+        if any(matches_target(target, module_name) for target in group):
             return f"group{index}"
     raise DllmPeftError(f"module {module_name!r} belongs to no NaRA group; add its name to one of the groups")
 

@@ -12,9 +12,10 @@ says nothing about the task. A row with no such position pools over all its posi
 computes only part of the canvas; the router then pools over the positions computed. The router's last layer starts
 at zero, so an untrained router mixes the tasks evenly.
 
-Usage (`benchmarks/trajectory_router/` runs it end to end):
+Usage (`benchmarks/trajectory_router/` runs it end to end; `router_batch`, `train_router` and
+`compose_from_files` live in `training/router.py`, since they read data and files):
 
-    compose_trajectory_adapters(backbone, ["out/uppercase", "out/reverse"])  # inject the composition
+    compose_from_files(backbone, ["out/uppercase", "out/reverse"])  # training.router: read, then inject
     batches = [router_batch([upper[i:i + 4], reverse[i:i + 4]], gen_length, eos_id) for i in ...]
     train_router(backbone, batches, steps=...)  # only the router trains, to recognise each example's task
     with torch.no_grad(), recorded_router_weights(backbone.model) as weights:
@@ -30,22 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..conditioning import noise_level
-from ..diffusion.schedule import draw_mask_counts, forward_process
 from ..errors import DllmPeftError
 from .base import ADAPTER_ATTRIBUTE, ModelAdapter, find_model_adapter, inject
 from .trajectory import TrajectoryConfig, TrajectoryResidual, output_head
-
-if TYPE_CHECKING:  # data imports the models, which import io, which imports the registry, which imports this
-    from ..data import Batch, Example
 
 RESIDUAL_PREFIX = f"{ADAPTER_ATTRIBUTE}.residual."
 
@@ -159,17 +153,21 @@ def _mask_and_eos_ids(model: nn.Module) -> torch.Tensor:
 
 
 # -- composing trained adapters ---------------------------------------------------------------------------------------
-def compose_trajectory_adapters(backbone, paths: list[str | Path]) -> TrajectoryRouterAdapter:
-    """Inject a composition of the trained trajectory adapters at `paths` into `backbone.model`.
+def compose_trajectory_adapters(
+    backbone, paths: list[str | Path], loaded: list[tuple[dict, dict[str, torch.Tensor]]]
+) -> TrajectoryRouterAdapter:
+    """Inject a composition of trained trajectory adapters into `backbone.model`.
 
-    All must be trajectory adapters with the same settings, trained on this backbone. The router starts untrained
-    (even weights); train it with `train_router`.
+    The router composes what it is handed; reading the files is the caller's (`training.router.compose_from_files`).
+
+    Args:
+        paths: where each adapter came from, for messages and the task names.
+        loaded: each adapter's (record, tensors), as `adapters.files.read_adapter` returns them. All must be
+            trajectory adapters with the same settings, trained on this backbone. The router starts untrained
+            (even weights); train it with `training.router.train_router`.
     """
-    from ..io import read_adapter  # io imports the registry, which imports this module
-
     if len(paths) < 2:
         raise DllmPeftError(f"composition needs at least two trajectory adapters, got {len(paths)}")
-    loaded = [read_adapter(path) for path in paths]
     first_settings = None
     for path, (record, _) in zip(paths, loaded):
         if record.get("method") != TrajectoryConfig.method:
@@ -192,80 +190,6 @@ def compose_trajectory_adapters(backbone, paths: list[str | Path]) -> Trajectory
         own = {key[len(RESIDUAL_PREFIX) :]: value for key, value in tensors.items() if key.startswith(RESIDUAL_PREFIX)}
         task.load_state_dict(own, strict=True)
     return adapter
-
-
-def router_batch(
-    task_examples: list[list[Example]], response_length: int, eos_id: int
-) -> tuple[Batch, torch.Tensor]:
-    """A labelled router-training batch shaped like the sampler's canvas.
-
-    Every row is left padding (attention mask 0), the prompt, and exactly `response_length` response positions (the
-    answer cut or EOS-padded), as a sampled canvas is the prompt and `gen_length` masks. In a bidirectional model the
-    prompt's hidden states depend on how many masked positions follow, so a router trained on other lengths (say,
-    batches padded to their longest example) learns length as a task cue and misroutes at sampling time.
-
-    Args:
-        task_examples: per task (in the composition's order), the examples this batch holds of it.
-    Returns:
-        The batch, (B, prompt + response_length), and each row's task index, (B,) long.
-    """
-    from ..data import Batch  # data imports the models, which import io, which imports the registry → this module
-
-    rows = [(example, task) for task, examples in enumerate(task_examples) for example in examples]
-    prompt_length = max(len(example.prompt_ids) for example, _ in rows)
-    width = prompt_length + response_length
-    input_ids = torch.full((len(rows), width), eos_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (example, _) in enumerate(rows):
-        response = list(example.response_ids[:response_length])
-        tokens = [*example.prompt_ids, *response, *[eos_id] * (response_length - len(response))]
-        input_ids[row, width - len(tokens) :] = torch.tensor(tokens)
-        attention_mask[row, width - len(tokens) :] = 1
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    response_mask[:, prompt_length:] = True
-    labels = torch.tensor([task for _, task in rows])
-    return Batch(input_ids, response_mask, attention_mask), labels
-
-
-def train_router(
-    backbone, batches: Iterable[tuple[Batch, torch.Tensor]], steps: int, lr: float = 1e-3, generator=None
-) -> list[float]:
-    """Teach the router of the composition in `backbone.model` to recognise each example's task.
-
-    The task adapters were trained one task each, so every training example's task is known: the router is trained
-    by cross-entropy between its weights and that task, on inputs noised as while sampling: half the rows with the
-    whole response masked (the first step, the instruction alone), half with a random share as in training. The task
-    adapters and the base stay frozen. The paper's alternative, joint multi-task training of modules and router on
-    the masked-diffusion loss, is `dllm-peft train --method trajectory-router`; on separately trained adapters that
-    loss lets the router favour whichever adapter lowers the loss most overall rather than the input's task.
-
-    Args:
-        batches: (batch, task) pairs; task (B,) long is each row's index into the composed adapters. Build them with
-            `router_batch` (tasks mixed within a batch, canvases shaped as the sampler's), or the router may learn
-            the batch or canvas length as a task cue.
-    Returns:
-        The cross-entropy of every step.
-    """
-    adapter = find_model_adapter(backbone.model)
-    if not isinstance(adapter, TrajectoryRouterAdapter):
-        raise DllmPeftError("the model carries no trajectory-router composition; compose_trajectory_adapters makes one")
-    optimizer = torch.optim.AdamW(adapter.task_router.parameters(), lr=lr, weight_decay=0.0)
-    losses: list[float] = []
-    for _, (batch, task) in zip(range(steps), batches):
-        lengths = batch.response_mask.sum(dim=1)  # (B,)
-        # Half the rows fully masked: the first sampling step shows the instruction alone (λ = 1, Algorithm 1's
-        # Enc(c)), which the training draw k = round(t·L) almost never produces.
-        whole = torch.rand(lengths.shape, generator=generator, device=lengths.device) < 0.5
-        counts = torch.where(whole, lengths, draw_mask_counts(lengths, generator))
-        noised = forward_process(batch.input_ids, batch.response_mask, counts, backbone.mask_id, generator)
-        with adapter.recording() as weights, noise_level(backbone.model, noised.noise_level):
-            backbone.logits(noised.input_ids, batch.attention_mask)
-        loss = F.nll_loss(weights[0].clamp(min=1e-12).log(), task.to(weights[0].device))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
 
 
 @contextlib.contextmanager

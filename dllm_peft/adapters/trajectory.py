@@ -9,7 +9,7 @@ forward pass from a partly masked canvas to token logits:
     every committed token, i.e. the trajectory — move by a learned low-rank perturbation of the frozen path. (A
     perturbation of token ids is not differentiable; one of the hidden states at the head is the closest faithful
     analogue, and it leaves every weight of the base untouched.)
-  * "t" is the noise level λ (the masked fraction, `conditioning.py`); Emb is NaRA's Gaussian Fourier embedding
+  * "t" is the noise level λ (the masked fraction, `diffusion/conditioning.py`); Emb is NaRA's Gaussian Fourier embedding
     (64-d, σ = 16).
   * early / middle / late thirds of the trajectory are λ > 2/3, 1/3 < λ ≤ 2/3 and λ ≤ 1/3 (high noise first; the
     same ceil rule as Multi-LoRA's bins). Each module keeps one factor pair per third, of rank 64 / 32 / 8, used with

@@ -2,26 +2,26 @@
 
 Each subcommand lives in its own module (`*_command.py`) and is one function: flags → config → one core call →
 rich output. Expected mistakes (`DllmPeftError`) become one red sentence and exit status 2, never a traceback.
+The only layer that prints; it may import every other layer.
 """
 
 from __future__ import annotations
 
 import sys
 
-import typer
-
 from ..errors import DllmPeftError
-from .console import print_error
 
-app = typer.Typer(
-    name="dllm-peft",
-    help="Fine-tune and evaluate diffusion LLMs with parameter-efficient adapters (NaRA, LoRA, ...).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+# each module registers its subcommand on `app` when imported
+from . import (  # noqa: F401
+    eval_command,
+    export_command,
+    inspect_command,
+    merge_command,
+    sample_command,
+    train_command,
 )
-
-from . import eval_command, export_command, inspect_command, merge_command, sample_command, train_command  # noqa: E402,F401
+from .app import app
+from .console import print_error
 
 
 def main(argv: list[str] | None = None) -> None:

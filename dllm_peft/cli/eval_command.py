@@ -14,9 +14,16 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import CACHES, EOS_SUPPRESSION, REMASKING, EvalConfig, SamplerConfig, help_for
-from ..evaluate import EvalProgress, EvalResults, evaluate
-from . import app
+from ..config import (
+    CACHES,
+    EOS_SUPPRESSION,
+    REMASKING,
+    EvalConfig,
+    SamplerConfig,
+    help_for,
+)
+from ..evaluation.evaluate import EvalProgress, EvalResults, evaluate
+from .app import app
 from .console import err, out
 
 SAMPLER_FIELDS = {field.name for field in dataclasses.fields(SamplerConfig)}

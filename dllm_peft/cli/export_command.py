@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from ..adapters.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
 from ..config import EXPORT_FORMATS, ExportConfig, help_for
-from ..export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
-from . import app
+from .app import app
 from .console import out
 
 H = lambda name: help_for(ExportConfig, name)  # noqa: E731

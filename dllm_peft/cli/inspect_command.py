@@ -9,10 +9,15 @@ import typer
 from rich import box
 from rich.table import Table
 
+from ..adapters.summary import (
+    AdapterSummary,
+    adapter_in_backbone,
+    standalone_adapter,
+    summarize,
+)
 from ..config import InspectConfig, help_for
 from ..models import load_backbone
-from ..summary import AdapterSummary, adapter_in_backbone, standalone_adapter, summarize
-from . import app
+from .app import app
 from .console import out
 
 H = lambda name: help_for(InspectConfig, name)  # noqa: E731
@@ -37,7 +42,9 @@ def inspect_command(
         parts = adapter_in_backbone(load_backbone(config.model), config.adapter)
     summary = summarize(parts, config.levels, source=config.adapter)
     if config.plot is not None:
-        from ..plots import plot_summary  # matplotlib is imported only when a plot is asked for
+        from ..adapters.plots import (
+            plot_summary,  # matplotlib is imported only when a plot is asked for
+        )
 
         plot_summary(summary, config.plot)
     if config.json:

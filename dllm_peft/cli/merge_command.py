@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from ..adapters.merge import merge_adapter
 from ..config import MergeConfig, help_for
-from ..merge import merge_adapter
-from . import app
+from .app import app
 from .console import err, out
 
 H = lambda name: help_for(MergeConfig, name)  # noqa: E731

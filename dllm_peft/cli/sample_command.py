@@ -18,14 +18,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, SampleConfig, SamplerConfig, help_for
-from ..data import format_prompt, read_json_records
+from ..data.records import format_prompt, read_json_records
 from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
-from ..io import atomic_write_bytes, load_adapter, read_adapter
 from ..models import load_backbone
 from ..models.backbone import Backbone
-from . import app
+from .app import app
 from .console import err, out
 
 MASK_GLYPH = "░"

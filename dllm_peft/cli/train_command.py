@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from ..adapters.registry import METHODS
 from ..config import TrainConfig, help_for
 from ..errors import DllmPeftError
-from ..recipes import RECIPES, resolve_train_config
-from ..registry import METHODS
-from ..train import (
+from ..training.recipes import RECIPES, resolve_train_config
+from ..training.train import (
     CheckpointSaved,
     DataReport,
     Resumed,
@@ -20,8 +26,8 @@ from ..train import (
     TrainReport,
     train,
 )
-from ..validation import ValidationReport
-from . import app
+from ..training.validation import ValidationReport
+from .app import app
 from .console import err, out
 
 H = lambda name: help_for(TrainConfig, name)  # noqa: E731

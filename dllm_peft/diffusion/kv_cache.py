@@ -21,9 +21,9 @@ import inspect
 
 import torch
 
-from ..conditioning import noise_level
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from .conditioning import noise_level
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each (B, n_kv_heads, S, head_dim)
 

@@ -35,9 +35,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import noise_level as routed_noise_level
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from .conditioning import noise_level as routed_noise_level
 from .schedule import NoisedBatch, forward_process
 
 PADDING_FRACTION = 0.125  # at most this share of a merged pass's tokens is padding

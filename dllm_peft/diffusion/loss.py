@@ -15,8 +15,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import noise_level as routed_noise_level
 from ..models.backbone import Backbone
+from .conditioning import noise_level as routed_noise_level
 from .schedule import draw_mask_counts, forward_process
 
 

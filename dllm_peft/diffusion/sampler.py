@@ -37,7 +37,12 @@ from ..config import SamplerConfig
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
 from .kv_cache import BlockDenoiser
-from .unmasking import entropy_bounded_positions, threshold_positions, top_k_positions, transfer_schedule
+from .unmasking import (
+    entropy_bounded_positions,
+    threshold_positions,
+    top_k_positions,
+    transfer_schedule,
+)
 
 EOT_TOKEN = "<|eot_id|>"  # LLaDA-Instruct's end-of-turn token, looked up by name in the tokenizer's vocabulary
 DEMOTION = 2.0  # confidences lie in [0, 1]; subtracting 2 orders demoted tokens after all others, keeping them finite

@@ -10,6 +10,8 @@ the code they ship, only with `trust_remote_code`.
 Default adapter targets are the attention projections of each architecture, as in the NaRA recipes (LLaDA: q_proj,
 k_proj, v_proj, attn_out; Dream/Qwen2: q_proj, k_proj, v_proj, o_proj; BERT: query, key, value and the attention
 output); for remote code, the first of these naming schemes that the model's linear layers follow.
+
+May import: the shared leaves (`errors`, `atomic`, `config`) only; every other layer builds on this one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import transformers
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from ..adapters.base import resolve_targets
 from ..errors import DllmPeftError
 from .backbone import Backbone
 from .byte_tokenizer import ByteTokenizer
@@ -39,10 +40,10 @@ from .checkpoint_dir import (
 )
 from .default import DEFAULT_MODEL_NAME, dllm_tiny
 from .dream import DREAM_TARGETS, DreamModel
-from .llada import LLaDAModelLM
+from .llada import LLADA_TARGETS, LLaDAModelLM
 from .masked_lm import MASKED_LM_TARGET_SETS, load_masked_lm, masked_lm_max_length
+from .targets import resolve_targets
 
-LLADA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out")
 KNOWN_TARGET_SETS = (LLADA_TARGETS, DREAM_TARGETS, *MASKED_LM_TARGET_SETS)
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 

@@ -64,8 +64,7 @@ def write_checkpoint(model: torch.nn.Module, directory: str | Path, recipe: dict
 
 def load_checkpoint(directory: str | Path, name: str) -> Backbone:
     """The float32 `Backbone` stored in `directory` (written by `write_checkpoint`), called `name` in adapter files."""
-    from . import LLADA_TARGETS
-    from .llada import LLaDAConfig, LLaDAModelLM
+    from .llada import LLADA_TARGETS, LLaDAConfig, LLaDAModelLM
 
     directory = Path(directory)
     missing = [file for file in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (directory / file).is_file()]

@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from functools import partial
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+)
 
 __all__ = ["DREAM_TARGETS", "DREAM_TOKENIZER_CLASS", "DreamConfig", "DreamModel", "is_dream_model_type"]
 

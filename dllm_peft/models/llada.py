@@ -30,8 +30,16 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+LLADA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out")  # the NaRA recipes' adapter targets (attention only)
 
 try:  # transformers >= 4.52: the standard per-layer checkpointing base class
     from transformers.modeling_layers import GradientCheckpointingLayer

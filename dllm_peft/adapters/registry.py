@@ -12,20 +12,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .adapters.base import AdapterLayer, MethodConfig, ModelAdapter
-from .adapters.bitfit import BitFitConfig, BitFitLayer
-from .adapters.dora import DoraConfig, DoraLayer, NaraDoraConfig, NaraDoraLayer
-from .adapters.full import FullConfig, FullFineTuning
-from .adapters.hira import HiraConfig, HiraLayer
-from .adapters.houlsby import HoulsbyConfig, HoulsbyLayer
-from .adapters.lora import LoraConfig, LoraLayer
-from .adapters.multilora import MultiLoraConfig, MultiLoraLayer
-from .adapters.nara import NaraCConfig, NaraConfig, NaraLayer
-from .adapters.prefix import PrefixTuning, PrefixTuningConfig
-from .adapters.prompt import PromptTuning, PromptTuningConfig, PTuning, PTuningConfig
-from .adapters.router import TrajectoryRouterAdapter, TrajectoryRouterConfig
-from .adapters.trajectory import TrajectoryAdapter, TrajectoryConfig, trajectory_regularization
-from .errors import DllmPeftError
+from ..errors import DllmPeftError
+from .base import AdapterLayer, MethodConfig, ModelAdapter
+from .bitfit import BitFitConfig, BitFitLayer
+from .dora import DoraConfig, DoraLayer, NaraDoraConfig, NaraDoraLayer
+from .full import FullConfig, FullFineTuning
+from .hira import HiraConfig, HiraLayer
+from .houlsby import HoulsbyConfig, HoulsbyLayer
+from .lora import LoraConfig, LoraLayer
+from .multilora import MultiLoraConfig, MultiLoraLayer
+from .nara import NaraCConfig, NaraConfig, NaraLayer
+from .prefix import PrefixTuning, PrefixTuningConfig
+from .prompt import PromptTuning, PromptTuningConfig, PTuning, PTuningConfig
+from .router import TrajectoryRouterAdapter, TrajectoryRouterConfig
+from .trajectory import TrajectoryAdapter, TrajectoryConfig, trajectory_regularization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,3 +88,4 @@ def build_adapter_config(method: str, **settings) -> MethodConfig:
     config_class = get_method(method).config_class
     known = {field.name for field in dataclasses.fields(config_class)}
     return config_class(**{key: value for key, value in settings.items() if key in known and value is not None})
+

@@ -3,7 +3,7 @@
 Layout of a run directory:
 
     out/train_config.json                      the run's resolved settings (written when training starts)
-    out/metrics.jsonl                          one JSON object per step and per validation (`metrics_log.py`)
+    out/metrics.jsonl                          one JSON object per step and per validation (`metrics.py`)
     out/checkpoints/step-N/                    resumable state after optimizer step N:
         adapter_config.json, adapter_model.safetensors    a loadable adapter (`io.load_adapter` reads it)
         optimizer.safetensors                             AdamW moments and step counts
@@ -32,11 +32,18 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .adapters.base import adapter_state_dict
-from .config import TrainConfig
-from .errors import DllmPeftError
-from .io import CONFIG_FILE, WEIGHTS_FILE, atomic_save_tensors, atomic_write_bytes, read_adapter, save_adapter
-from .models.backbone import Backbone
+from ..adapters.base import adapter_state_dict
+from ..adapters.files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    atomic_save_tensors,
+    atomic_write_bytes,
+    read_adapter,
+    save_adapter,
+)
+from ..config import TrainConfig
+from ..errors import DllmPeftError
+from ..models.backbone import Backbone
 from .sharding import full_tensors, shard_like
 
 RUN_FILE = "train_config.json"

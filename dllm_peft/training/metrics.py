@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

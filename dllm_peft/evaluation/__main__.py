@@ -1,11 +1,11 @@
-"""`python -m dllm_peft.harness [lm-eval arguments]`: lm-eval's own command line, with `dllm-peft` registered.
+"""`python -m dllm_peft.evaluation [lm-eval arguments]`: lm-eval's own command line, with `dllm-peft` registered.
 
 The plain `lm_eval` command finds `dllm-peft` too (through the startup hook of `registration.py`); this wrapper
 also adds our task folder as `--include_path` and works where the hook is not installed (running from a source tree).
 It imports `DllmPeftLM` (which registers it), then hands over to lm-eval's `cli_evaluate`, so every lm-eval flag works
 unchanged:
 
-    python -m dllm_peft.harness --model dllm-peft --model_args pretrained=tiny-llada,mc_num=8 \\
+    python -m dllm_peft.evaluation --model dllm-peft --model_args pretrained=tiny-llada,mc_num=8 \\
         --tasks dllm_peft_uppercase --device cpu --limit 10
 """
 

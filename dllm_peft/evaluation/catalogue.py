@@ -1,8 +1,8 @@
 """The task catalogue: every task `dllm-peft eval` knows, the suite aliases, and how a name becomes lm-eval tasks.
 
 Suites follow the NaRA paper (which follows LLM-Adapters): eight commonsense tasks, seven math word-problem sets and
-two code sets, plus the built-in tasks of `builtin_tasks.py`. Each task maps to one YAML task shipped in
-`harness/tasks/` (named `dllm_peft_<task>`, and `dllm_peft_<task>_mc` for the multiple-choice protocol of a
+two code sets, plus the built-in tasks of `data/tasks.py`. Each task maps to one YAML task shipped in
+`evaluation/tasks/` (named `dllm_peft_<task>`, and `dllm_peft_<task>_mc` for the multiple-choice protocol of a
 commonsense task over the same file). Without `--data-dir`, the multiple-choice protocol uses lm-eval's own task and
 its hub dataset instead (`arc_easy`, `boolq`, `social_iqa`, ...).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..builtin_tasks import TASKS as BUILTIN_TASKS
+from ..data.tasks import TASKS as BUILTIN_TASKS
 from ..errors import DllmPeftError
 
 TASKS_DIR = Path(__file__).parent / "tasks"

@@ -27,13 +27,17 @@ from typing import Any
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from lm_eval.utils import (
+    get_rolling_token_windows,
+    make_disjoint_window,
+    simple_parse_args_string,
+)
 
+from ..adapters.files import load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, SamplerConfig
 from ..diffusion.likelihood import greedy_matches, log_likelihoods
 from ..diffusion.sampler import sample
 from ..errors import DllmPeftError
-from ..io import load_adapter, read_adapter
 from ..models import Backbone, load_backbone
 
 SAMPLER_FIELDS = tuple(field.name for field in dataclasses.fields(SamplerConfig))

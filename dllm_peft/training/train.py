@@ -31,7 +31,20 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedType
 
-from .adapters.base import adapter_state_dict, inject, trainable_parameters
+from ..adapters.base import adapter_state_dict, inject, trainable_parameters
+from ..adapters.files import save_adapter
+from ..adapters.options import train_method_config
+from ..adapters.registry import get_method
+from ..config import TrainConfig
+from ..data.records import ExampleOrder, LengthReport, collate, derived_seed
+from ..diffusion.conditioning import (
+    ROUTER_ATTRIBUTE,
+    enable_gradient_checkpointing,
+    find_router,
+)
+from ..diffusion.loss import masked_diffusion_loss
+from ..errors import DllmPeftError
+from ..models import load_backbone, resolve_device
 from .checkpoint import (
     TrainingState,
     check_output,
@@ -41,16 +54,15 @@ from .checkpoint import (
     save_checkpoint,
     start_run,
 )
-from .conditioning import ROUTER_ATTRIBUTE, enable_gradient_checkpointing, find_router
-from .config import TrainConfig
-from .data import ExampleOrder, LengthReport, collate, derived_seed
-from .diffusion.loss import masked_diffusion_loss
-from .errors import DllmPeftError
-from .io import save_adapter
-from .metrics_log import MetricsLog
-from .models import load_backbone, resolve_device
-from .registry import build_adapter_config, get_method
-from .sharding import clip_grad_norm, fsdp_requested, full_tensors, gather_root, gradient_sync, shard
+from .metrics import MetricsLog
+from .sharding import (
+    clip_grad_norm,
+    fsdp_requested,
+    full_tensors,
+    gather_root,
+    gradient_sync,
+    shard,
+)
 from .validation import TrainingData, ValidationReport, load_training_data, validate
 
 WARMUP_RATIO = 0.05
@@ -157,10 +169,7 @@ def train(
     steps = total_steps(config, len(data.train), examples_per_step)
 
     torch.manual_seed(config.seed)  # the adapter's initial values
-    adapter_config = build_adapter_config(
-        config.method, rank=config.rank, eta=config.eta, dropout=config.dropout, target_modules=config.target_modules,
-        **config.adapter_settings,
-    )
+    adapter_config = train_method_config(config)
     method = get_method(config.method)
     inject(backbone.model, adapter_config, method.layer_class, backbone.default_targets)
     if config.gradient_checkpointing:

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from .config import TrainConfig
-from .data import (
+from ..config import TrainConfig
+from ..data.records import (
     Example,
     LengthReport,
     collate,
@@ -32,9 +32,9 @@ from .data import (
     read_records,
     tokenize_pairs,
 )
-from .diffusion.loss import masked_diffusion_loss
-from .diffusion.schedule import mask_counts_at
-from .models.backbone import Backbone
+from ..diffusion.loss import masked_diffusion_loss
+from ..diffusion.schedule import mask_counts_at
+from ..models.backbone import Backbone
 from .sharding import gather_root, is_sharded
 
 

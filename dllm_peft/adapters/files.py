@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from . import __version__
-from .atomic import atomic_save_tensors, atomic_write_bytes
-from .adapters.base import adapter_config, adapter_layers, adapter_state_dict, inject, unload
-from .errors import DllmPeftError
-from .models.backbone import Backbone
+from .. import __version__
+from ..atomic import atomic_save_tensors, atomic_write_bytes
+from ..errors import DllmPeftError
+from ..models.backbone import Backbone
+from .base import adapter_config, adapter_layers, adapter_state_dict, inject, unload
 from .registry import get_method
 
 CONFIG_FILE = "adapter_config.json"

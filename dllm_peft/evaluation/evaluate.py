@@ -1,6 +1,6 @@
 """`evaluate(config, on_progress)`: score a model, and with an adapter also its base, on benchmark tasks.
 
-The engine is lm-eval's: our YAML tasks (`harness/tasks`, plus lm-eval's own multiple-choice tasks when the data come
+The engine is lm-eval's: our YAML tasks (`evaluation/tasks`, plus lm-eval's own multiple-choice tasks when the data come
 from the hub) are loaded by a `TaskManager` and run by `lm_eval.evaluator.evaluate` on a `DllmPeftLM`. lm-eval's
 `simple_evaluate` is not used: it would reload the model, query git and print; here one backbone serves the base run
 and, after `load_adapter`, the adapter run, with the same seed. Nothing is printed: lm-eval's logging is held at
@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import DEFAULT_MODEL, EvalConfig
-from .errors import DllmPeftError
-from .harness.catalogue import TASKS_DIR, TaskSpec, expand_tasks, lm_eval_task, stock_task_paths
-from .harness.documents import check_data, source_of
-from .io import atomic_write_bytes, load_adapter, read_adapter
-from .models import load_backbone
+from .. import __version__
+from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
+from ..config import DEFAULT_MODEL, EvalConfig
+from ..errors import DllmPeftError
+from ..models import load_backbone
+from .catalogue import TASKS_DIR, TaskSpec, expand_tasks, lm_eval_task, stock_task_paths
+from .documents import check_data, source_of
 
 BOOTSTRAP_ITERS = 1000  # stderr of mean metrics is closed-form; this only matters for other aggregations
 
@@ -90,7 +90,7 @@ def _percent(score: TaskScore) -> str:
 
 def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | None = None) -> EvalResults:
     """Evaluate `config.model` (and `config.adapter`, with its base when `compare_base`) on `config.tasks`."""
-    from .harness.lm import DllmPeftLM  # imports lm-eval: only when evaluating
+    from .lm import DllmPeftLM  # imports lm-eval: only when evaluating
 
     specs = expand_tasks(config.tasks)
     _check_code_execution(specs, config)

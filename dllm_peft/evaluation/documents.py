@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..builtin_tasks import task_records
-from ..data import prompt_response_pairs
+from ..data.records import prompt_response_pairs
+from ..data.tasks import task_records
 from ..errors import DllmPeftError
 from .catalogue import TaskSpec, get_task
 

@@ -1,6 +1,6 @@
 """Training data: a source → records → (prompt, response) pairs → tokenised examples → EOS-padded batches.
 
-Sources (`read_records`): `builtin:<task>` (generated in code, `builtin_tasks.py`), a JSONL file (one object per
+Sources (`read_records`): `builtin:<task>` (generated in code, `data/tasks.py`), a JSONL file (one object per
 line), a JSON file holding an array of objects, a local Hugging Face `datasets` directory (written by
 `save_to_disk`, or a folder of data files) or a hub dataset name when the machine is online. Records use `prompt` /
 `response` fields by default; the LLM-Adapters layout (`instruction`, `input`, `output`) is recognised on its own.
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .builtin_tasks import task_records
-from .errors import DllmPeftError
-from .models.backbone import Backbone
+from ..errors import DllmPeftError
+from ..models.backbone import Backbone
+from .tasks import task_records
 
 BUILTIN_PREFIX = "builtin:"
 OVERLONG_POLICIES = ("drop", "truncate")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from .errors import DllmPeftError
+from ..errors import DllmPeftError
 
 WORDS = (
     "apple river stone cloud green music paper light house water garden silver ocean forest bread candle "

@@ -26,11 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.base import AdapterLayer, MethodConfig, adapter_layers, adapter_state_dict, find_model_adapter
-from .conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
-from .errors import DllmPeftError
-from .io import config_from_record, load_adapter, read_adapter
-from .models.backbone import Backbone
+from ..diffusion.conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
+from ..errors import DllmPeftError
+from ..models.backbone import Backbone
+from .base import (
+    AdapterLayer,
+    MethodConfig,
+    adapter_layers,
+    adapter_state_dict,
+    find_model_adapter,
+)
+from .files import config_from_record, load_adapter, read_adapter
 from .registry import Method
 
 

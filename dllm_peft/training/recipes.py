@@ -25,9 +25,10 @@ from typing import Any
 
 import yaml
 
+from ..adapters.options import train_method_config
+from ..config import TrainConfig
+from ..errors import DllmPeftError
 from .checkpoint import read_run_config
-from .config import TrainConfig
-from .errors import DllmPeftError
 
 _REFERENCE = {
     "method": "nara",
@@ -151,5 +152,7 @@ def resolve_train_config(explicit: dict[str, Any]) -> TrainConfig:
             _apply(settings, recipe_settings(recipe))
     _apply(settings, file_settings)
     _apply(settings, explicit)
-    return TrainConfig(**settings)
+    config = TrainConfig(**settings)
+    train_method_config(config)  # the method and its --adapter-option values, before any work
+    return config
 

@@ -1,7 +1,7 @@
 """Functions the task YAMLs of this folder call (`!function utils.<name>`; lm-eval imports this file by its path).
 
-They stay thin: documents come from `dllm_peft.harness.documents`, scoring from `dllm_peft.harness.answers`, and
-generated code runs in `dllm_peft.sandbox` — never in the evaluating process.
+They stay thin: documents come from `dllm_peft.evaluation.documents`, scoring from `dllm_peft.evaluation.answers`, and
+generated code runs in `dllm_peft.evaluation.sandbox` — never in the evaluating process.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import datasets
 
-from dllm_peft import sandbox
-from dllm_peft.harness import answers
-from dllm_peft.harness.catalogue import get_task
-from dllm_peft.harness.documents import load_documents
+from dllm_peft.evaluation import sandbox
+from dllm_peft.evaluation import answers
+from dllm_peft.evaluation.catalogue import get_task
+from dllm_peft.evaluation.documents import load_documents
 
 
 def load(

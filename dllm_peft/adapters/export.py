@@ -26,9 +26,9 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from . import __version__
-from .config import ExportConfig
-from .errors import DllmPeftError
+from .. import __version__
+from ..config import ExportConfig
+from ..errors import DllmPeftError
 from .merge import check_output, merge_noise_level, staged_directory
 from .summary import AdapterParts, standalone_adapter
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .errors import DllmPeftError
+from ..errors import DllmPeftError
 
 try:  # FSDP2: torch >= 2.6 (tested with 2.13)
     from torch.distributed.fsdp import FSDPModule, fully_shard

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from . import __version__
-from .adapters.base import adapter_layers, unload
-from .config import MergeConfig
-from .errors import DllmPeftError
-from .io import config_from_record, load_adapter, read_adapter, weights_path
-from .models import load_backbone
+from .. import __version__
+from ..config import MergeConfig
+from ..errors import DllmPeftError
+from ..models import load_backbone
+from .base import adapter_layers, unload
+from .files import config_from_record, load_adapter, read_adapter, weights_path
 from .registry import Method
 
 PROVENANCE_FILE = "merged_from.json"

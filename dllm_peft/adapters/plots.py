@@ -15,8 +15,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import DllmPeftError
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..errors import DllmPeftError
 from .summary import AdapterSummary
 
 

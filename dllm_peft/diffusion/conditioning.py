@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .errors import DllmPeftError
+from ..errors import DllmPeftError
 
 ROUTER_ATTRIBUTE = "dllm_peft_router"
 
@@ -74,7 +74,7 @@ class NoiseRouter(nn.Module):
         if self._noise_level is None:
             raise NoiseLevelMissing(
                 "this adapter depends on the noise level, but the forward pass ran without one; "
-                "wrap it in `with dllm_peft.conditioning.noise_level(model, λ):`"
+                "wrap it in `with dllm_peft.diffusion.conditioning.noise_level(model, λ):`"
             )
         return _fit_batch(self._noise_level, batch_size)
 

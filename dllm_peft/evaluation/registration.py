@@ -5,7 +5,7 @@ reads plugin entry points (the `lm_eval.models` group our package declares is re
 branch), so the package also installs a one-line startup file, `dllm_peft_lm_eval.pth`, that calls `install()`.
 
 `install()` imports nothing heavy: it puts a finder on `sys.meta_path` that waits for `lm_eval.api.registry` to be
-imported and then wraps its `get_model`: asked for `dllm-peft`, the wrapper imports `dllm_peft.harness.lm` (whose
+imported and then wraps its `get_model`: asked for `dllm-peft`, the wrapper imports `dllm_peft.evaluation.lm` (whose
 `@register_model` decorator registers the class) before the lookup. Any other name goes straight to lm-eval; the
 registry itself is untouched until `dllm-peft` is asked for, so lm-eval's own models are found exactly as before.
 """
@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 MODEL_NAME = "dllm-peft"
-MODEL_MODULE = "dllm_peft.harness.lm"
+MODEL_MODULE = "dllm_peft.evaluation.lm"
 REGISTRY_MODULE = "lm_eval.api.registry"
 
 

@@ -3,6 +3,7 @@
 `adapter_settings(method, options)` returns {field name: value}; a tuple field takes comma-separated items, a tuple
 of tuples `;` between them, an optional field `none`. Settings that have a train flag of their own (`OWN_FLAGS`) are
 refused, so that one value has one place. Bad input is one sentence listing the valid keys.
+`train_method_config(config)` builds the method config of a whole training run from its flags and these settings.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import dataclasses
 import typing
 from typing import Any
 
-from .errors import DllmPeftError
-from .registry import get_method
+from ..config import TrainConfig
+from ..errors import DllmPeftError
+from .registry import build_adapter_config, get_method
 
 # Method settings with a train flag of their own; --adapter-option refuses them so that one value has one place.
 OWN_FLAGS = {"rank": "--rank", "eta": "--eta", "dropout": "--dropout", "target_modules": "--targets"}
@@ -81,3 +83,19 @@ def _type_name(kind: Any) -> str:
     if optional:
         return _type_name(optional[0]) + " or none"
     return {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "text")
+
+
+def train_method_config(config: TrainConfig) -> MethodConfig:
+    """The adapter config a training run asks for: --method with --rank, --eta, --dropout, --targets and every
+    --adapter-option, each checked by the method's own config (an unknown method or key is one sentence)."""
+    get_method(config.method)  # an unknown name fails here, listing the known ones
+    settings = adapter_settings(config.method, config.adapter_option)
+    try:
+        return build_adapter_config(
+            config.method, rank=config.rank, eta=config.eta, dropout=config.dropout,
+            target_modules=config.target_modules, **settings,
+        )
+    except DllmPeftError as error:
+        if not config.adapter_option:
+            raise
+        raise DllmPeftError(f"--adapter-option {', '.join(config.adapter_option)}: {error}") from None
