@@ -47,7 +47,7 @@ def train_arguments(steps: int) -> list[str]:
     ]
 
 LAUNCH = [
-    *("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
+    *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
     *("--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dllm_peft"),
 ]
 
