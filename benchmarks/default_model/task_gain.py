@@ -34,8 +34,10 @@ QUICK_STEPS, QUICK_EVAL_LIMIT = 100, 64
 def run(command: list[str], cwd: Path, log: Path) -> float:
     """Run `command` in `cwd`, output to `log`; returns its wall time in seconds (raises if it fails)."""
     started = time.perf_counter()
+    # the README's commands as typed (`dllm-peft ...`), run by this interpreter so no activated venv is needed
+    launch = [sys.executable, "-m", "dllm_peft", *command[1:]] if command[0] == "dllm-peft" else command
     with log.open("w") as stream:
-        subprocess.run(command, cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, check=True,
+        subprocess.run(launch, cwd=cwd, stdout=stream, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "COLUMNS": "120"})
     return time.perf_counter() - started
 
