@@ -76,6 +76,9 @@ class TrainConfig:
     adapter_option: tuple[str, ...] = option(
         (), "A setting of the method's own config as KEY=VALUE, e.g. bins=4 or ranks=16,8,4 (repeatable)."
     )
+    init_adapter: str | None = option(
+        None, "Continue training this adapter (dllm-peft, or a stock PEFT LoRA/DoRA/HiRA folder); its settings win."
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapter_option", tuple(self.adapter_option or ()))  # resume reads a JSON list
