@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import DllmPeftError
+from ..models.default import DEFAULT_MODEL_NAME, SHIPPED_DIR
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -120,8 +121,8 @@ def peft_record(
                           "peft_version": peft_config.get("peft_version")},
     }
     base = peft_config.get("base_model_name_or_path")
-    if base:
-        record["base_model"] = base
+    if base:  # an export of ours names the shipped folder of the default model: read it back as the built-in name
+        record["base_model"] = DEFAULT_MODEL_NAME if Path(base).expanduser().resolve() == SHIPPED_DIR else base
     flat = {f"{name}.{key}": tensor for name, parts in modules.items() for key, tensor in parts.items()}
     return record, flat
 
