@@ -22,7 +22,6 @@ from dllm_peft.models import load_backbone, tiny_llada
 from dllm_peft.models.default import SHIPPED_DIR
 
 from .conftest import randomize_adapter
-
 from .test_merge import logits, random_adapter, refused, run
 
 peft = pytest.importorskip("peft", reason="peft is a test dependency (pip install -e '.[dev]')")

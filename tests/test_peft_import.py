@@ -10,14 +10,16 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from dllm_peft.adapters.export import export_adapter
 from dllm_peft.adapters.files import read_adapter
 from dllm_peft.adapters.merge import merge_adapter
-from dllm_peft.config import ExportConfig, MergeConfig
+from dllm_peft.config import ExportConfig, MergeConfig, TrainConfig
 from dllm_peft.errors import DllmPeftError
 from dllm_peft.evaluation.lm import DllmPeftLM
 from dllm_peft.models import load_backbone, tiny_llada
+from dllm_peft.training.train import train
 
 peft = pytest.importorskip("peft", reason="peft is a test dependency (pip install -e '.[dev]')")
 
@@ -63,8 +65,9 @@ def test_eval_model_class_gives_stock_peft_logits(kind, tmp_path, input_ids):
 @pytest.mark.parametrize("kind", ["lora", "dora", "hira"])
 def test_merge_equals_peft_merge_and_unload(kind, tmp_path):
     reference = stock_peft_adapter(kind, tmp_path / "peft")
+    # float32: PEFT merges into the float32 model in memory; by default merge would write dllm-tiny's bfloat16
     merge_adapter(MergeConfig(adapter=str(tmp_path / "peft"), model=DEFAULT, output=str(tmp_path / "merged"),
-                              device="cpu"))
+                              dtype="float32", device="cpu"))
     merged = load_backbone(str(tmp_path / "merged"), device="cpu").model.state_dict()
     expected = reference.merge_and_unload().state_dict()
     assert set(merged) == set(expected)
@@ -97,8 +100,6 @@ def test_alpha_pattern_is_folded_into_b(tmp_path, input_ids):
 def test_a_target_the_model_lacks_is_one_sentence_listing_its_linear_layers(tmp_path):
     stock_peft_adapter("lora", tmp_path / "peft")
     weights = tmp_path / "peft" / "adapter_model.safetensors"
-    from safetensors.torch import load_file, save_file
-
     tensors = {key.replace("blocks.0.q_proj", "blocks.0.query"): value for key, value in load_file(weights).items()}
     save_file(tensors, str(weights))
     with pytest.raises(DllmPeftError, match=r"does not have \(first: 'model.transformer.blocks.0.query'\); its linear "
@@ -123,13 +124,10 @@ def test_a_pickled_peft_adapter_is_refused_with_the_fix(tmp_path):
 
 
 def test_train_continues_a_stock_peft_lora(tmp_path):
-    from dllm_peft.training.train import train
-    from dllm_peft.config import TrainConfig
-
     reference = stock_peft_adapter("lora", tmp_path / "peft")
     peft_a = reference.base_model.model.model.transformer.blocks[0].q_proj.lora_A["default"].weight.detach().clone()
-    settings = dict(method="lora", data="builtin:lastdigit", max_steps=1, batch_size=2, val_size=0, lr=1e-4,
-                    init_adapter=str(tmp_path / "peft"), output=str(tmp_path / "out"), device="cpu")
+    settings = {"method": "lora", "data": "builtin:lastdigit", "max_steps": 1, "batch_size": 2, "val_size": 0,
+                "lr": 1e-4, "init_adapter": str(tmp_path / "peft"), "output": str(tmp_path / "out"), "device": "cpu"}
     train(TrainConfig(**settings))
     record, tensors = read_adapter(tmp_path / "out")
     assert record["method"] == "lora" and record["rank"] == 4 and record["scale"] == 2.0

@@ -112,8 +112,9 @@ def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference
 def model_card(parts: AdapterParts, level: float | None, base: BaseReference, peft_config: dict[str, Any]) -> str:
     """README.md of an export: method (λ for a noise-dependent one), data and steps when recorded, how to load it."""
     method = parts.method.name
-    at = "" if level is None else f" taken at the noise level λ = {level:g} (its update changes with λ; this file " \
-                                  "holds that one LoRA)"
+    at = ""
+    if level is not None:
+        at = f" taken at the noise level λ = {level:g} (its update changes with λ; this file holds that one LoRA)"
     training = parts.record.get("training") or {}
     imported = parts.record.get("imported_from")
     if training:
@@ -125,7 +126,7 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
         trained = "The adapter file carries no training record."
     loader = "AutoPeftModel" if base.name_or_path else "PeftModel"
     load = (
-        f"from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(\"<this folder>\")"
+        "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(\"<this folder>\")"
         if base.name_or_path
         else "from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"<this folder>\")"
     )
@@ -138,9 +139,11 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
         "",
         f"# {method} adapter exported by dllm-peft {__version__}",
         "",
-        f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock PEFT LoRA: rank "
-        f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into `lora_B` "
-        "(`lora_alpha` = r).",
+        (
+            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock PEFT LoRA: rank "
+            f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into `lora_B` "
+            "(`lora_alpha` = r)."
+        ),
         "",
         trained,
         "",
@@ -155,9 +158,11 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
         load,
         "```",
         "",
-        f"`{loader}` reads `base_model_name_or_path` and `auto_mapping` from `{PEFT_CONFIG_FILE}`. The model is a "
-        "masked-diffusion denoiser: sample from it with dllm-peft (`dllm-peft sample --adapter <this folder>`) or "
-        "the base model's own diffusion sampler, not with `generate`.",
+        (
+            f"`{loader}` reads `base_model_name_or_path` and `auto_mapping` from `{PEFT_CONFIG_FILE}`. The model is "
+            "a masked-diffusion denoiser: sample from it with dllm-peft (`dllm-peft sample --adapter <this folder>`) "
+            "or the base model's own diffusion sampler, not with `generate`."
+        ),
         "",
     ])
 
