@@ -76,6 +76,9 @@ class TrainConfig:
     adapter_option: tuple[str, ...] = option(
         (), "A setting of the method's own config as KEY=VALUE, e.g. bins=4 or ranks=16,8,4 (repeatable)."
     )
+    init_adapter: str | None = option(
+        None, "Continue training this adapter (dllm-peft, or a stock PEFT LoRA/DoRA/HiRA folder); its settings win."
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapter_option", tuple(self.adapter_option or ()))  # resume reads a JSON list
@@ -201,7 +204,9 @@ class MergeConfig:
     model: str | None = option(None, "Base model; default: the one recorded in the adapter.")
     output: str = option("merged", "Directory the merged checkpoint (sharded safetensors, config, tokenizer) goes to.")
     noise_level: float | None = option(None, "λ in [0, 1] at which a noise-dependent adapter (NaRA) is merged.")
-    dtype: str = option("auto", "dtype the base is loaded and saved in: auto, float32, bfloat16 or float16.")
+    dtype: str = option(
+        "auto", "dtype of the written checkpoint: auto (the base's own: bfloat16 stays bfloat16), float32, bfloat16, float16."
+    )
     device: str = option("auto", "Device the merge runs on: auto, cpu or cuda.")
     max_shard_size: str = option("5GB", "Largest safetensors shard of the checkpoint, e.g. 2GB or 500MB.")
     overwrite: bool = option(False, "Replace what --output already holds.")

@@ -38,8 +38,8 @@ def test_train_writes_an_adapter_and_the_loss_goes_down(tmp_path, capsys):
     output = tmp_path / "out"
     code, out, _ = run(["train", "--method", "nara", "--max-steps", "20", "--output", str(output), "--rank", "8"], capsys)
     assert code in (0, None)
-    assert (output / "adapter_config.json").exists() and (output / "adapter_model.safetensors").exists()
-    assert json.loads((output / "adapter_config.json").read_text())["method"] == "nara"
+    assert (output / "dllm_peft_adapter.json").exists() and (output / "dllm_peft_adapter.safetensors").exists()
+    assert json.loads((output / "dllm_peft_adapter.json").read_text())["method"] == "nara"
     first, last = [float(x) for x in out.split("loss ")[1].split(" (")[0].split(" → ")]
     assert last < first
 

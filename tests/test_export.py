@@ -8,16 +8,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from dllm_peft.adapters.base import inject
 from dllm_peft.adapters.export import (
+    MODEL_CARD_FILE,
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
     export_adapter,
 )
 from dllm_peft.adapters.files import save_adapter
-from dllm_peft.adapters.registry import METHODS
+from dllm_peft.adapters.registry import METHODS, build_adapter_config
 from dllm_peft.config import ExportConfig
-from dllm_peft.models import tiny_llada
+from dllm_peft.models import load_backbone, tiny_llada
+from dllm_peft.models.default import SHIPPED_DIR
 
+from .conftest import randomize_adapter
 from .test_merge import logits, random_adapter, refused, run
 
 peft = pytest.importorskip("peft", reason="peft is a test dependency (pip install -e '.[dev]')")
@@ -77,4 +81,34 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     refused(dora, capsys, "not a plain low-rank product, so they have no stock PEFT LoRA form; use `dllm-peft merge`")
     code, out, _ = run([*argv, "--noise-level", "0.5"], capsys)
     assert code in (0, None) and "at λ = 0.5 as a PEFT LoRA (rank 4, 8 modules)" in out
-    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE}
+    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, MODEL_CARD_FILE}
+
+
+def default_model_adapter(method: str):
+    """dllm-tiny (the default model, which others can resolve) with a randomised `method` adapter, in eval mode."""
+    backbone = load_backbone("dllm-tiny", device="cpu")
+    torch.manual_seed(0)
+    inject(backbone.model, build_adapter_config(method, rank=4), METHODS[method].layer_class, backbone.default_targets)
+    randomize_adapter(backbone.model, seed=3)
+    backbone.model.eval()
+    return backbone
+
+
+@pytest.mark.parametrize(("method", "level", "tolerance"), [("lora", None, 0.0), ("nara", 0.5, 1e-4)])
+def test_auto_peft_model_loads_the_export_alone(method, level, tolerance, tmp_path, input_ids):
+    trained = default_model_adapter(method)
+    save_adapter(trained, tmp_path / "adapter")
+    export_adapter(ExportConfig(adapter=str(tmp_path / "adapter"), noise_level=level, output=str(tmp_path / "peft")))
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG_FILE).read_text())
+    assert config["base_model_name_or_path"] == str(SHIPPED_DIR) and config["peft_version"] == peft.__version__
+    assert config["auto_mapping"] == {"base_model_class": "AutoModel", "parent_library": "transformers"}
+    assert config["task_type"] is None and config["peft_type"] == "LORA" and len(config["target_modules"]) == 16
+    card = (tmp_path / "peft" / MODEL_CARD_FILE).read_text()
+    assert f"# {method} adapter" in card and "AutoPeftModel.from_pretrained" in card and "dllm_peft.models" in card
+    assert ("λ = 0.5" in card) == (level is not None)
+    loaded = peft.AutoPeftModel.from_pretrained(str(tmp_path / "peft"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = loaded(input_ids=input_ids).logits
+    ours = logits(trained, input_ids, level)
+    assert (ours - logits(load_backbone("dllm-tiny", device="cpu"), input_ids)).abs().max() > 1e-2
+    torch.testing.assert_close(theirs, ours, atol=tolerance, rtol=tolerance)

@@ -45,7 +45,7 @@ def test_fsdp_two_processes_resume_and_match_one_process(tmp_path):
     cut = tmp_path / "cut"  # the same run, as if killed after its step-2 checkpoint
     shutil.copytree(tmp_path / "one", cut)
     shutil.rmtree(cut / "checkpoints" / "step-4")
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
+    for name in ("dllm_peft_adapter.json", "dllm_peft_adapter.safetensors"):
         (cut / name).unlink()
 
     rendezvous = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}

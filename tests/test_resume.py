@@ -81,14 +81,14 @@ def test_killed_or_stopped_runs_resume_bit_identical(tmp_path, monkeypatch, caps
     assert exit_info.value.code == 130 and checkpoint_steps(tmp_path / "stopped") == [2, 3]
     saved = tmp_path / "stopped" / "checkpoints" / "step-3"
     assert f"stopped after step 3: saved {saved}; continue with --resume" in stderr
-    assert not (tmp_path / "stopped" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "stopped" / "dllm_peft_adapter.safetensors").exists()
 
     # SIGKILL as soon as a checkpoint is complete: no handler runs, the write of the next one may be cut short.
     wait_for_checkpoint(tmp_path / "killed", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL and checkpoint_steps(tmp_path / "killed")[-1] < 16
-    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()  # no partial adapter
+    assert not (tmp_path / "killed" / "dllm_peft_adapter.safetensors").exists()  # no partial adapter
 
     # Resume both with nothing but --output and --resume: the saved settings are the run's.
     for output in (tmp_path / "killed", tmp_path / "stopped"):

@@ -81,8 +81,8 @@ def refused(tmp_path, capsys, argv, expected, output="o"):
     assert code == 2 and "Traceback" not in err + out
     assert expected in text, text
     assert text.count("error:") == 1 and text.rstrip().endswith(".")
-    assert not (tmp_path / output / "adapter_model.safetensors").exists()
-    assert not (tmp_path / output / "adapter_config.json").exists()
+    assert not (tmp_path / output / "dllm_peft_adapter.safetensors").exists()
+    assert not (tmp_path / output / "dllm_peft_adapter.json").exists()
     return text
 
 
@@ -120,18 +120,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     argv = ["--lr", "1e30", "--save-every", "1", "--rank", "4", "--max-steps", "20"]
     text = refused(tmp_path, capsys, argv, "the loss became nan at step 2; lower --lr")
     assert f"the last good checkpoint is {tmp_path / 'o' / 'checkpoints' / 'step-1'}" in text
-    assert (tmp_path / "o" / "checkpoints" / "step-1" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "o" / "checkpoints" / "step-1" / "dllm_peft_adapter.safetensors").exists()
 
 
 def test_output_holding_a_different_run(tmp_path, capsys):
     argv = ["train", "--output", str(tmp_path / "o"), "--max-steps", "1", "--rank", "4", "--val-size", "0"]
     code, _, _ = run_cli(argv, capsys)
     assert code in (0, None)
-    before = (tmp_path / "o" / "adapter_model.safetensors").read_bytes()
+    before = (tmp_path / "o" / "dllm_peft_adapter.safetensors").read_bytes()
     expected = f"already holds a nara run on {DEFAULT_DATA}; pass --overwrite to replace it, --resume to continue it"
     code, _, err = run_cli(["train", "--output", str(tmp_path / "o"), "--method", "lora", "--val-size", "0"], capsys)
     assert code == 2 and expected in " ".join(err.split())
-    assert (tmp_path / "o" / "adapter_model.safetensors").read_bytes() == before  # untouched
+    assert (tmp_path / "o" / "dllm_peft_adapter.safetensors").read_bytes() == before  # untouched
 
 
 def test_overwrite_replaces_our_files_only(tmp_path, capsys):

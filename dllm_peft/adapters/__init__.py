@@ -5,8 +5,9 @@
 - `registry.py`: every method by name — the CLI's choices, the adapter file's `"method"`, the conformance matrix;
 - `options.py`: `--adapter-option KEY=VALUE` parsed into a method config's typed fields;
 - `router.py`: LoRA-Diffusion's multi-task composition (the router composes adapters it is handed);
-- `files.py`: the adapter file (`adapter_model.safetensors` + `adapter_config.json`): save, read, load;
-- `merge.py`, `export.py`: folding an adapter into the base; writing a stock PEFT LoRA;
+- `files.py`: the adapter file (`dllm_peft_adapter.safetensors` + `.json`): save, read, load;
+- `peft_import.py`: a stock PEFT LoRA / DoRA / HiRA folder read as the equivalent dllm-peft adapter;
+- `merge.py`, `export.py`: folding an adapter into the base; writing a stock PEFT LoRA with a model card;
 - `summary.py`, `plots.py`: what `dllm-peft inspect` reports and draws.
 
 May import: `diffusion` (the λ routing of `diffusion/conditioning.py`), `models` and the shared leaves; never `data`,

@@ -11,9 +11,12 @@ trained B.
 
 The layout follows PEFT's own files (read from PEFT's `save_pretrained` output): `adapter_config.json` with
 `peft_type: "LORA"` and the full module names as `target_modules` (full names cannot catch the LM head by accident),
-and `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`. Only fields that
-PEFT has accepted for many releases are written, so older PEFT versions read the file too. No base model is loaded:
-the factors are rebuilt from the adapter file alone.
+and `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`. When peft is
+installed the config is built by its own `LoraConfig` (so every field of that release, `peft_version` included, is
+there); `task_type` stays None and `auto_mapping` names the transformers Auto class of the base, which is what
+`AutoPeftModel.from_pretrained(export_dir)` needs. `base_model_name_or_path` is a name others can resolve
+(`models/portable.base_reference`), and a short model card (README.md) says what was trained and how to load it. No
+base model is loaded: the factors are rebuilt from the adapter file alone.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..config import ExportConfig
 from ..errors import DllmPeftError
+from ..models.portable import BaseReference, base_reference
 from .merge import check_output, merge_noise_level, staged_directory
+from .peft_import import PEFT_CONFIG_FILE, PEFT_PREFIX, PEFT_WEIGHTS_FILE
 from .summary import AdapterParts, standalone_adapter
 
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+MODEL_CARD_FILE = "README.md"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +70,26 @@ def peft_lora_tensors(parts: AdapterParts, noise_level: float | None):
     return tensors, ranks
 
 
-def peft_lora_config(parts: AdapterParts, ranks: dict[str, int]) -> dict[str, Any]:
+def peft_lora_config(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
     """PEFT's `adapter_config.json` for the exported factors (scale folded into lora_B, so alpha = r)."""
+    fields = _lora_fields(parts, ranks, base)
+    try:
+        import peft
+    except ImportError:  # peft is optional at run time: write the fields PEFT has accepted for many releases
+        config = {"peft_type": "LORA", **fields}
+    else:
+        config = peft.LoraConfig(**fields).to_dict()
+        config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
+    config["auto_mapping"] = {"base_model_class": base.auto_class, "parent_library": "transformers"}
+    return config
+
+
+def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
     rank = collections.Counter(ranks.values()).most_common(1)[0][0]
     others = {name: module_rank for name, module_rank in ranks.items() if module_rank != rank}
     return {
-        "peft_type": "LORA",
         "task_type": None,
-        "base_model_name_or_path": parts.record.get("base_model"),
+        "base_model_name_or_path": base.name_or_path,
         "revision": None,
         "r": rank,
         "lora_alpha": rank,
@@ -94,17 +109,77 @@ def peft_lora_config(parts: AdapterParts, ranks: dict[str, int]) -> dict[str, An
     }
 
 
+def model_card(parts: AdapterParts, level: float | None, base: BaseReference, peft_config: dict[str, Any]) -> str:
+    """README.md of an export: method (λ for a noise-dependent one), data and steps when recorded, how to load it."""
+    method = parts.method.name
+    at = ""
+    if level is not None:
+        at = f" taken at the noise level λ = {level:g} (its update changes with λ; this file holds that one LoRA)"
+    training = parts.record.get("training") or {}
+    imported = parts.record.get("imported_from")
+    if training:
+        trained = f"Trained on `{training.get('data')}` for {training.get('steps')} steps (seed {training.get('seed')}"
+        trained += f", learning rate {training.get('lr')})." if training.get("lr") is not None else ")."
+    elif imported:
+        trained = f"Imported from the {imported.get('format')} adapter `{imported.get('path')}`; no training record."
+    else:
+        trained = "The adapter file carries no training record."
+    loader = "AutoPeftModel" if base.name_or_path else "PeftModel"
+    load = (
+        "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(\"<this folder>\")"
+        if base.name_or_path
+        else "from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"<this folder>\")"
+    )
+    return "\n".join([
+        "---",
+        "library_name: peft",
+        *([f"base_model: {base.name_or_path}"] if base.name_or_path and not Path(base.name_or_path).is_absolute()
+          else []),
+        "---",
+        "",
+        f"# {method} adapter exported by dllm-peft {__version__}",
+        "",
+        (
+            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock PEFT LoRA: rank "
+            f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into `lora_B` "
+            "(`lora_alpha` = r)."
+        ),
+        "",
+        trained,
+        "",
+        "## Base model",
+        "",
+        base.how_to_load,
+        "",
+        "## Load",
+        "",
+        "```python",
+        *([base.prelude] if base.prelude else []),
+        load,
+        "```",
+        "",
+        (
+            f"`{loader}` reads `base_model_name_or_path` and `auto_mapping` from `{PEFT_CONFIG_FILE}`. The model is "
+            "a masked-diffusion denoiser: sample from it with dllm-peft (`dllm-peft sample --adapter <this folder>`) "
+            "or the base model's own diffusion sampler, not with `generate`."
+        ),
+        "",
+    ])
+
+
 def export_adapter(config: ExportConfig) -> ExportResult:
-    """Write the adapter of `config.adapter` as a PEFT LoRA directory at `config.output`."""
+    """Write the adapter of `config.adapter` as a PEFT LoRA directory (with a model card) at `config.output`."""
     parts = standalone_adapter(config.adapter)
     level = merge_noise_level(parts.method, config.noise_level)
     output = Path(config.output)
     check_output(output, config.overwrite, [Path(config.adapter)])
     tensors, ranks = peft_lora_tensors(parts, level)
-    peft_config = peft_lora_config(parts, ranks)
+    base = base_reference(parts.record.get("base_model"))
+    peft_config = peft_lora_config(parts, ranks, base)
     provenance = {"adapter": str(config.adapter), "method": parts.method.name, "noise_level": level}
     metadata = {"format": "pt", "dllm_peft_export": json.dumps({**provenance, "dllm_peft_version": __version__})}
     with staged_directory(output) as staging:
         save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
-        (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
+        (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+        (staging / MODEL_CARD_FILE).write_text(model_card(parts, level, base, peft_config))
     return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"])

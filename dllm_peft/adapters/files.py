@@ -1,13 +1,22 @@
-"""Adapter files: `adapter_config.json` + `adapter_model.safetensors` in a directory (no pickle anywhere).
+"""Adapter files: `dllm_peft_adapter.json` + `dllm_peft_adapter.safetensors` in a directory (no pickle anywhere).
 
 The JSON holds the method, every config field, the base model id, the dllm-peft version and the adapted modules. The
 same JSON is embedded in the safetensors metadata, so the `.safetensors` file alone is self-describing (`inspect`
 reads just that). Writes are atomic: each file is written beside its destination and renamed into place.
+
+The names are our own so that a native folder is never taken for a PEFT one (PEFT's loader would read our JSON as
+its config and fail on a missing `peft_type`); `dllm-peft export` writes the PEFT form. Reading accepts three layouts,
+tried in this order (`read_adapter`):
+  1. native files (or their old names, `adapter_config.json` + `adapter_model.safetensors` carrying our metadata);
+  2. a stock PEFT LoRA / DoRA / HiRA folder (`peft_import.py`), mapped onto the same record and tensor names;
+  3. any reader in `FOREIGN_READERS`, for other published layouts.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +27,19 @@ from .. import __version__
 from ..atomic import atomic_save_tensors, atomic_write_bytes
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
-from .base import adapter_config, adapter_layers, adapter_state_dict, inject, unload
+from ..models.targets import linear_layer_names
+from .base import AdapterLayer, adapter_config, adapter_layers, adapter_state_dict, inject, unload
+from .peft_import import PEFT_PICKLE_FILE, PEFT_WEIGHTS_FILE, peft_config_beside, peft_record
 from .registry import get_method
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "dllm_peft_adapter.json"
+WEIGHTS_FILE = "dllm_peft_adapter.safetensors"
+LEGACY_CONFIG_FILE = "adapter_config.json"  # the names dllm-peft wrote before they became its own (still read)
+LEGACY_WEIGHTS_FILE = PEFT_WEIGHTS_FILE
 METADATA_KEY = "dllm_peft_config"
+
+Record = dict[str, Any]
+Tensors = dict[str, torch.Tensor]
 
 
 def adapter_record(backbone: Backbone) -> dict[str, Any]:
@@ -60,19 +76,31 @@ def save_adapter(
 
 
 def weights_path(path: str | Path) -> Path:
-    """The `.safetensors` file of an adapter given as its directory or as the file itself."""
+    """The `.safetensors` file of an adapter given as its directory (native, old native or PEFT) or as the file."""
     path = Path(path)
     if not path.exists():
         raise DllmPeftError(f"adapter path {str(path)!r} does not exist")
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-        if not path.exists():
-            raise DllmPeftError(f"{str(path.parent)!r} holds no {WEIGHTS_FILE}; is it an adapter directory?")
-    return path
+    if not path.is_dir():
+        return path
+    for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
+        if (path / name).is_file():
+            return path / name
+    if (path / PEFT_PICKLE_FILE).is_file():
+        raise DllmPeftError(
+            f"{str(path)!r} holds {PEFT_PICKLE_FILE}, a pickle file, which dllm-peft does not load; save the adapter "
+            f"again with PEFT's save_pretrained(..., safe_serialization=True) to get {PEFT_WEIGHTS_FILE}"
+        )
+    raise DllmPeftError(
+        f"{str(path)!r} holds neither {WEIGHTS_FILE} nor a PEFT {LEGACY_WEIGHTS_FILE}; is it an adapter directory?"
+    )
 
 
-def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The adapter's JSON record and its tensors, from the directory or the `.safetensors` file alone."""
+def read_adapter(path: str | Path) -> tuple[Record, Tensors]:
+    """The adapter's JSON record and its tensors (native names), from a directory or a `.safetensors` file alone.
+
+    A stock PEFT folder (or its `adapter_model.safetensors` with `adapter_config.json` beside it) gives the record and
+    tensors of the equivalent dllm-peft adapter; see the module docstring for the order in which layouts are tried.
+    """
     file = weights_path(path)
     try:
         with safe_open(str(file), framework="pt") as reader:
@@ -80,13 +108,30 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
             tensors = {name: reader.get_tensor(name) for name in reader.keys()}
     except Exception as error:  # safetensors raises several types for truncated or foreign files
         raise DllmPeftError(f"{str(file)!r} is not a readable safetensors adapter file ({error})") from None
-    if METADATA_KEY not in metadata:
-        raise DllmPeftError(f"{str(file)!r} carries no dllm-peft metadata; it was not written by dllm-peft")
-    try:
-        record = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError:
-        raise DllmPeftError(f"the metadata in {str(file)!r} is not valid JSON; the file is damaged") from None
-    return record, tensors
+    if METADATA_KEY in metadata:
+        try:
+            return json.loads(metadata[METADATA_KEY]), tensors
+        except json.JSONDecodeError:
+            raise DllmPeftError(f"the metadata in {str(file)!r} is not valid JSON; the file is damaged") from None
+    for reader in FOREIGN_READERS:
+        found = reader(file, metadata, tensors)
+        if found is not None:
+            return found
+    raise DllmPeftError(
+        f"{str(file)!r} carries no dllm-peft metadata and has no PEFT {LEGACY_CONFIG_FILE} beside it; it was written "
+        "neither by dllm-peft nor by PEFT"
+    )
+
+
+def _read_peft(file: Path, metadata: dict[str, str], tensors: Tensors) -> tuple[Record, Tensors] | None:
+    peft_config = peft_config_beside(file)
+    return None if peft_config is None else peft_record(peft_config, tensors, file)
+
+
+# Readers of layouts that other tools write: (weights file, its safetensors metadata, its tensors) → (record, tensors
+# under native names), or None when the file is not theirs. Tried in order after the native layout.
+ForeignReader = Callable[[Path, dict[str, str], Tensors], "tuple[Record, Tensors] | None"]
+FOREIGN_READERS: list[ForeignReader] = [_read_peft]
 
 
 def config_from_record(record: dict[str, Any]):
@@ -98,13 +143,15 @@ def config_from_record(record: dict[str, Any]):
     return method, method.config_class.from_dict(fields)
 
 
-_RECORD_ONLY_KEYS = {"base_model", "dllm_peft_version", "adapted_modules", "training"}
+_RECORD_ONLY_KEYS = {"base_model", "dllm_peft_version", "adapted_modules", "training", "imported_from"}
 
 
 def load_adapter(backbone: Backbone, path: str | Path) -> dict[str, Any]:
     """Inject the adapter stored at `path` into `backbone.model` and load its tensors. Returns its record."""
     record, tensors = read_adapter(path)
     method, config = config_from_record(record)
+    if issubclass(method.layer_class, AdapterLayer):
+        check_adapted_modules(backbone, record, path)
     inject(backbone.model, config, method.layer_class, backbone.default_targets)
     expected = adapter_state_dict(backbone.model)
     missing = sorted(set(expected) - set(tensors))
@@ -122,6 +169,19 @@ def load_adapter(backbone: Backbone, path: str | Path) -> dict[str, Any]:
         for name, target in expected.items():
             target.copy_(tensors[name])
     return record
+
+
+def check_adapted_modules(backbone: Backbone, record: Record, path: str | Path) -> None:
+    """Refuse, in one sentence that lists the model's linear layers, an adapter naming modules the model lacks."""
+    linears = linear_layer_names(backbone.model)
+    missing = [name for name in record.get("adapted_modules") or [] if name not in set(linears)]
+    if missing:
+        patterns = sorted(dict.fromkeys(re.sub(r"\.\d+\.", ".N.", name) for name in linears))
+        raise DllmPeftError(
+            f"the adapter {str(path)!r} adapts {len(missing)} module(s) that {backbone.name!r} does not have (first: "
+            f"{missing[0]!r}); its linear layers are: {', '.join(patterns)} (N = layer number); load the adapter "
+            "on the model it was trained on (--model)"
+        )
 
 
 def _fail_and_unload(backbone: Backbone, message: str) -> None:

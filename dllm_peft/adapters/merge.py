@@ -7,8 +7,12 @@ same way. A noise-dependent method (NaRA) has no single merged model: it is merg
 exactly a LoRA with B' = B·C(λ) (`method-facts.md`); without λ the merge is refused with that explanation.
 
 The base model comes from the adapter's recorded `base_model` unless one is given (litgpt reads it from the adapter
-metadata the same way). The checkpoint (sharded safetensors, config, tokenizer, and `merged_from.json` saying what was
-merged at which λ) is written into a staging directory beside the output and renamed into place only when complete.
+metadata the same way), and keeps the dtype its weights are stored in unless `--dtype` names another (a bfloat16 base
+merged on a CPU stays bfloat16; the sum itself is taken in float32). The checkpoint (sharded safetensors, config,
+tokenizer, and `merged_from.json` saying what was merged at which λ) is written into a staging directory beside the
+output and renamed into place only when complete. For our LLaDA and Dream classes it also carries the model's code
+and an `auto_map` (`models/portable.write_model_code`), so that `AutoModel.from_pretrained(folder,
+trust_remote_code=True)` and `AutoTokenizer.from_pretrained(folder)` load it in a process without dllm-peft.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from transformers.utils import logging as hf_logging
 from .. import __version__
 from ..config import MergeConfig
 from ..errors import DllmPeftError
-from ..models import load_backbone
+from ..models import load_backbone, stored_dtype
+from ..models.portable import write_model_code
 from .base import adapter_layers, unload
 from .files import config_from_record, load_adapter, read_adapter, weights_path
 from .registry import Method
@@ -44,6 +49,7 @@ class MergeResult:
     noise_level: float | None  # None when the method's update does not depend on λ
     merged_modules: int
     files: list[str]
+    dtype: str = "auto"  # what the checkpoint's weights are stored in
 
 
 def merge_noise_level(method: Method, noise_level: float | None) -> float | None:
@@ -140,7 +146,8 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
     output = Path(config.output)
     check_output(output, config.overwrite, [Path(config.adapter), Path(base_model)])
 
-    backbone = load_backbone(base_model, dtype=config.dtype, device=config.device)
+    dtype = stored_dtype(base_model) if config.dtype == "auto" else config.dtype
+    backbone = load_backbone(base_model, dtype=dtype, device=config.device)
     if not hasattr(backbone.model, "save_pretrained"):
         raise DllmPeftError(f"{base_model!r} is not a transformers model, so it cannot be written as a checkpoint")
     load_adapter(backbone, adapter_file)  # checks module names and shapes against this base
@@ -150,11 +157,13 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
         "method": method.name,
         "base_model": base_model,
         "noise_level": level,
+        "dtype": str(backbone.model.dtype).removeprefix("torch."),
         "dllm_peft_version": __version__,
     }
     with staged_directory(output) as staging, _quiet_transformers():
         backbone.model.save_pretrained(staging, max_shard_size=config.max_shard_size)
         backbone.tokenizer.save_pretrained(staging)
+        write_model_code(backbone.model, staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     files = sorted(path.name for path in output.iterdir())
-    return MergeResult(output, method.name, base_model, level, merged, files)
+    return MergeResult(output, method.name, base_model, level, merged, files, provenance["dtype"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..adapters.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
+from ..adapters.export import MODEL_CARD_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
 from ..config import EXPORT_FORMATS, ExportConfig, help_for
 from .app import app
 from .console import out
@@ -31,5 +31,5 @@ def export_command(
     )
     if config.noise_level is not None and result.noise_level is None:
         out.print(f"  a {result.method} update does not depend on λ, so --noise-level was not needed")
-    out.print(f"  wrote {result.output}/{PEFT_CONFIG_FILE} and {PEFT_WEIGHTS_FILE}")
-    out.print(f"  load it with peft.PeftModel.from_pretrained(base_model, {str(result.output)!r})")
+    out.print(f"  wrote {result.output}/{PEFT_CONFIG_FILE}, {PEFT_WEIGHTS_FILE} and the model card {MODEL_CARD_FILE}")
+    out.print(f"  load it with peft.AutoPeftModel.from_pretrained({str(result.output)!r}) (the card says how)")

@@ -37,4 +37,4 @@ def merge_command(
         out.print(f"  a {result.method} update does not depend on λ, so --noise-level was not needed")
     shards = [name for name in result.files if name.endswith(".safetensors")]
     others = [name for name in result.files if name not in shards]
-    out.print(f"  wrote {result.output}/: {len(shards)} safetensors shard(s), {', '.join(others)}")
+    out.print(f"  wrote {result.output}/: {len(shards)} {result.dtype} safetensors shard(s), {', '.join(others)}")

@@ -13,6 +13,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..adapters.files import CONFIG_FILE, WEIGHTS_FILE
 from ..adapters.registry import METHODS
 from ..config import TrainConfig, help_for
 from ..errors import DllmPeftError
@@ -73,6 +74,7 @@ def train_command(
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, help=H("gradient_checkpointing")),
     seed: int = typer.Option(D.seed, help=H("seed")),
     adapter_option: list[str] = typer.Option(None, help=H("adapter_option"), show_default=False),
+    init_adapter: str = typer.Option(None, help=H("init_adapter"), show_default=False),
 ) -> None:
     """Fine-tune an adapter (default: NaRA on the built-in model and task); --recipe applies the reference settings."""
     values = dict(locals())
@@ -108,7 +110,7 @@ def train_command(
     if result.overlong:
         handled = f"were handled by --overlong {settings.overlong}"
         out.print(f"  {result.overlong} example(s) exceeded --max-length and {handled}")
-    out.print(f"  wrote {result.output}/adapter_config.json and adapter_model.safetensors; metrics in metrics.jsonl")
+    out.print(f"  wrote {result.output}/{CONFIG_FILE} and {WEIGHTS_FILE}; metrics in metrics.jsonl")
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:

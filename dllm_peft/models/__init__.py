@@ -94,6 +94,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def stored_dtype(name_or_path: str) -> str:
+    """The dtype a model's weights are stored in (a `DTYPES` name), or `auto` when its files do not say."""
+    if name_or_path in BUILTIN_MODELS:
+        return "bfloat16" if name_or_path == DEFAULT_MODEL_NAME else "float32"  # dllm-tiny ships bfloat16 weights
+    config = read_model_config(locate_checkpoint(name_or_path, list(BUILTIN_MODELS)))
+    recorded = config.get("dtype") or config.get("torch_dtype")
+    return recorded if recorded in DTYPES else "auto"
+
+
 def load_backbone(
     name_or_path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
 ) -> Backbone:
@@ -207,4 +216,6 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["Backbone", "BUILTIN_MODELS", "LLADA_TARGETS", "infer_targets", "load_backbone", "tiny_llada"]
+__all__ = [
+    "Backbone", "BUILTIN_MODELS", "LLADA_TARGETS", "infer_targets", "load_backbone", "stored_dtype", "tiny_llada",
+]

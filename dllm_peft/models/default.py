@@ -5,6 +5,7 @@ Its weights live in `dllm_peft/models/default/` as an ordinary LLaDA checkpoint 
     config.json          LLaDAConfig (model_type "llada"), the recipe that made it under "dllm_tiny_recipe"
     model.safetensors    the state dict in bfloat16 (half the bytes of float32; upcast on load)
     byte_tokenizer.json  the marker of `ByteTokenizer` (bytes 0–255, EOS 256, mask 257)
+    tokenizer.json, tokenizer_config.json   the same tokenizer as a `tokenizers` file, for `AutoTokenizer`
 
 It was pretrained from scratch with this project's own masked-diffusion loss by
 `benchmarks/default_model/build.py` (corpus, steps, seed and wall time are in that folder's README), so a fresh

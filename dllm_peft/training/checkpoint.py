@@ -5,10 +5,10 @@ Layout of a run directory:
     out/train_config.json                      the run's resolved settings (written when training starts)
     out/metrics.jsonl                          one JSON object per step and per validation (`metrics.py`)
     out/checkpoints/step-N/                    resumable state after optimizer step N:
-        adapter_config.json, adapter_model.safetensors    a loadable adapter (`io.load_adapter` reads it)
+        dllm_peft_adapter.{json,safetensors}             a loadable adapter (`adapters.files.load_adapter` reads it)
         optimizer.safetensors                             AdamW moments and step counts
         trainer_state.json                                step, examples read, loss history, optimizer groups, …
-    out/adapter_config.json, adapter_model.safetensors    the final adapter, written only when the run completes
+    out/dllm_peft_adapter.{json,safetensors}           the final adapter, written only when the run completes
 
 A checkpoint is written into a hidden temporary directory and renamed into place (atomic on POSIX), so a run killed
 at any moment leaves complete checkpoints only; leftovers of a killed write are removed on the next start.
@@ -35,6 +35,8 @@ from safetensors import safe_open
 from ..adapters.base import adapter_state_dict
 from ..adapters.files import (
     CONFIG_FILE,
+    LEGACY_CONFIG_FILE,
+    LEGACY_WEIGHTS_FILE,
     WEIGHTS_FILE,
     atomic_save_tensors,
     atomic_write_bytes,
@@ -50,12 +52,16 @@ RUN_FILE = "train_config.json"
 CHECKPOINTS = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
-RUN_OUTPUTS = (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, CHECKPOINTS, "metrics.jsonl", "tensorboard")
+RUN_OUTPUTS = (
+    CONFIG_FILE, WEIGHTS_FILE, LEGACY_CONFIG_FILE, LEGACY_WEIGHTS_FILE, RUN_FILE, CHECKPOINTS, "metrics.jsonl",
+    "tensorboard",
+)
 
 # Settings that define what is trained on what: a resumed run must keep them (others, such as --save-every, may change).
 SAME_RUN_FIELDS = (
     "method", "model", "data", "rank", "eta", "dropout", "targets", "max_length", "overlong", "chat_template",
     "prompt_field", "response_field", "val_data", "val_size", "seed", "adapter_option",
+    "init_adapter",
 )
 
 
@@ -112,7 +118,7 @@ def check_output(config: TrainConfig) -> Path | None:
             f"{config.output!r} already holds a {run.get('method')} run on {run.get('data')}; pass --overwrite to "
             "replace it, --resume to continue it, or choose another --output"
         )
-    if (output / CONFIG_FILE).exists():
+    if any((output / name).exists() for name in (CONFIG_FILE, LEGACY_CONFIG_FILE)):
         raise DllmPeftError(f"{config.output!r} already holds an adapter; pass --overwrite or choose another --output")
     return None
 

@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from ..adapters.base import adapter_state_dict, inject, trainable_parameters
-from ..adapters.files import save_adapter
+from ..adapters.files import load_adapter, read_adapter, save_adapter
 from ..adapters.options import train_method_config
 from ..adapters.registry import get_method
 from ..config import TrainConfig
@@ -169,9 +169,8 @@ def train(
     steps = total_steps(config, len(data.train), examples_per_step)
 
     torch.manual_seed(config.seed)  # the adapter's initial values
-    adapter_config = train_method_config(config)
     method = get_method(config.method)
-    inject(backbone.model, adapter_config, method.layer_class, backbone.default_targets)
+    _start_adapter(config, backbone)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)  # after inject: it installs the λ-preserving context
     if sharded:
@@ -300,6 +299,21 @@ def train(
         validation=[ValidationReport.from_dict(v) for v in state.validation],
         main_process=is_main,
     )
+
+
+def _start_adapter(config: TrainConfig, backbone) -> None:
+    """Inject a fresh adapter of --method, or the one of --init-adapter (its own settings, its trained values)."""
+    if config.init_adapter is None:
+        method = get_method(config.method)
+        inject(backbone.model, train_method_config(config), method.layer_class, backbone.default_targets)
+        return
+    stored = read_adapter(config.init_adapter)[0].get("method")
+    if stored != config.method:
+        raise DllmPeftError(
+            f"--init-adapter {config.init_adapter!r} holds a {stored} adapter but --method is {config.method}; "
+            f"pass --method {stored} to continue training it"
+        )
+    load_adapter(backbone, config.init_adapter)
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:
