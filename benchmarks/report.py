@@ -227,7 +227,7 @@ def interval(difference, spec: str = "+.1f") -> str:
     if low is None or high is None:
         return f"{mean:{spec}} (n = {dig(difference, 'n')}, no interval)"
     text = f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]"
-    return text if dig(difference, "contains_zero") else f"**{text}**"
+    return f"**{text}**" if dig(difference, "decided") else text
 
 
 def miniature_table(result: dict) -> list[str]:
@@ -275,7 +275,8 @@ def render_miniature(results: dict[str, dict], results_dir: Path, relative_to: P
         f"Held-out loss: mean over λ ∈ {{{', '.join(map(str, settings.get('levels') or []))}}} of the masked-diffusion "
         f"loss on fixed masks, {settings.get('loss_count', MISSING)} test items. Exact match: default sampler, first "
         f"{settings.get('generate', MISSING)} test items. Mean ± std over seeds; Δ = method − LoRA per seed, mean "
-        f"and 95 % t-interval; **bold** where the interval excludes 0. {source_note(results, ['miniature'])}"
+        f"and 95 % t-interval; **bold** where the interval excludes 0 (and has a width: a point interval, every seed "
+        f"giving the same difference, is no evidence). {source_note(results, ['miniature'])}"
     ]
     decided = []
     for name, comparison in (data.get("comparisons") or {}).items():
@@ -305,7 +306,7 @@ def render_miniature(results: dict[str, dict], results_dir: Path, relative_to: P
             for entry in result.get("arms") or []:
                 for metric in ("accuracy", "mean_loss"):
                     difference = dig(entry, metric, "vs_lora")
-                    if isinstance(difference, dict) and difference.get("contains_zero") is False:
+                    if isinstance(difference, dict) and difference.get("decided") is True:
                         decided.append(f"- `{task}`: {difference.get('verdict')}"
                                        + (" (held-out loss)" if metric == "mean_loss" else " (accuracy)"))
     parts.append("Differences to LoRA whose 95 % interval excludes 0 (every other one is not distinguishable from "

@@ -31,7 +31,7 @@ SAMPLER = {
     }},
 }
 DIFFERENCE = {"n": 3, "mean": 12.0, "std": 2.0, "low": 7.03, "high": 16.97, "contains_zero": False,
-              "verdict": "NaRA beats LoRA: +12.00 points, 95 % CI [+7.03, +16.97], n = 3"}
+              "decided": True, "verdict": "NaRA beats LoRA: +12.00 points, 95 % CI [+7.03, +16.97], n = 3"}
 MINIATURE = {
     "mode": "full",
     "wall_seconds": 1800.0,
@@ -51,7 +51,8 @@ MINIATURE = {
              "storage_bytes": 136192, "steps_to_90": [70, None, 90],
              "accuracy": {"mean": 72.0, "std": 2.0, "vs_lora": DIFFERENCE},
              "mean_loss": {"mean": 1.2, "std": 0.02, "vs_lora": {"n": 3, "mean": -0.0345, "std": 0.05, "low": -0.16,
-                                                                 "high": 0.09, "contains_zero": True, "verdict": "x"}},
+                                                                 "high": 0.09, "contains_zero": True, "decided": False,
+                                                                 "verdict": "x"}},
              "exact_match": {"mean": 35.0, "std": 4.0, "vs_lora": DIFFERENCE}},
         ],
         "power": {"n": 3, "median_std": 2.0, "detectable_points": 6.3, "seeds_for_2_points": 9},

@@ -28,11 +28,13 @@ def test_paired_difference_is_a_t_interval_over_the_per_seed_differences():
     assert difference["n"] == 3 and difference["mean"] == 3.0 and difference["std"] == 1.0
     # t_{0.975, 2} = 4.3027: half-width 4.3027 / √3 = 2.4841
     assert difference["low"] == pytest.approx(0.5159, abs=1e-4) and difference["high"] == pytest.approx(5.4841, abs=1e-4)
-    assert difference["contains_zero"] is False
+    assert difference["contains_zero"] is False and difference["decided"] is True
     assert "beats LoRA" in design.verdict("X", difference, "points")
     assert "trails LoRA" in design.verdict("X", difference, "nats", higher_is_better=False)  # a higher loss is worse
     noisy = design.paired_difference([1.0, 9.0], [4.0, 4.0])
     assert noisy["contains_zero"] is True and "no difference detectable" in design.verdict("X", noisy, "points")
+    flat = design.paired_difference([2.0, 2.0], [1.0, 1.0])  # a point interval [1, 1]: excludes 0, yet no evidence
+    assert flat["contains_zero"] is False and flat["decided"] is False and "no claim" in design.verdict("X", flat, "points")
     single = design.paired_difference([1.0], [0.0])
     assert single["low"] is None and "no interval" in design.verdict("X", single, "points")
 

@@ -25,17 +25,20 @@ def paired_difference(method: list[float], reference: list[float]) -> dict:
     """Mean of `method − reference` over seeds (paired by position) with its 95 % t-interval.
 
     Returns:
-        {"n", "mean", "std", "low", "high", "contains_zero"}; low/high are None with fewer than 2 seeds.
+        {"n", "mean", "std", "low", "high", "contains_zero", "decided"}; low/high are None with fewer than 2 seeds;
+        `decided`: the interval excludes 0 and has a width (a claim may be made).
     """
     differences = [a - b for a, b in zip(method, reference, strict=True)]
     n = len(differences)
     mean = statistics.mean(differences)
     if n < 2:
-        return {"n": n, "mean": mean, "std": None, "low": None, "high": None, "contains_zero": True}
+        return {"n": n, "mean": mean, "std": None, "low": None, "high": None, "contains_zero": True, "decided": False}
     std = statistics.stdev(differences)
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half,
-            "contains_zero": bool(mean - half <= 0 <= mean + half)}
+            "contains_zero": bool(mean - half <= 0 <= mean + half),
+            # every seed gave the same difference (coarse test sets do that): the interval is a point, not evidence
+            "decided": bool(std > 0 and not mean - half <= 0 <= mean + half)}
 
 
 def detectable_difference(std: float, n: int) -> float | None:
@@ -77,8 +80,9 @@ def verdict(label: str, difference: dict, unit: str, higher_is_better: bool = Tr
     if difference["low"] is None:
         return f"{label} − LoRA = {difference['mean']:+.2f} {unit} (n = {difference['n']}; no interval from one seed)"
     interval = f"{difference['mean']:+.2f} {unit}, 95 % CI [{difference['low']:+.2f}, {difference['high']:+.2f}], n = {difference['n']}"
+    if difference["std"] == 0:
+        return f"{label} − LoRA: {interval}: every seed gave the same difference, no spread to weigh: no claim"
     if difference["contains_zero"]:
         return f"{label} − LoRA: {interval}: no difference detectable"
     ahead = (difference["mean"] > 0) == higher_is_better
-    same = " (every seed gave the same difference: no spread to weigh)" if difference["std"] == 0 else ""
-    return f"{label} {'beats' if ahead else 'trails'} LoRA: {interval}{same}"
+    return f"{label} {'beats' if ahead else 'trails'} LoRA: {interval}"
