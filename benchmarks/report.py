@@ -8,8 +8,9 @@ markers is left as it is, and a file without a block's markers is not touched fo
 
 * `performance`: each speed or memory ratio of the sampler, training-throughput, log-likelihood, backbone-loading and
   multi-process benchmarks, with its goal and whether the figure meets it;
-* `miniature`: the method comparison of `benchmarks/miniature/` (methods × tasks, mean ± std over seeds), its
-  verdict and its two plots;
+* `miniature`: both papers' method comparisons of `benchmarks/miniature/` (per task: every method's mean, its paired
+  difference to LoRA with a 95 % interval, trainable share, adapter file size, steps to 90 % of the loss drop), the
+  design's power, the LoRA-Diffusion paper check, the differences whose interval excludes 0, and the plots;
 * `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full;
 * `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio);
 * `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses);
@@ -38,7 +39,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 READMES = (ROOT / "README.md", *(ROOT / "benchmarks" / name for name in ("README.md", "loglikelihood/README.md",
                                                                          "sampler/README.md")))
 MISSING = "—"
-DEFAULT_PLOTS = ("miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png")
 
 
 def dig(data, *keys):
@@ -212,55 +212,113 @@ def render_performance(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n\n" + source_note(results, names)
 
 
-def mean_std(entry) -> str:
+def mean_std(entry, spec: str = ".1f") -> str:
     mean, std = number(dig(entry, "mean")), number(dig(entry, "std"))
     if mean is None:
         return MISSING
-    return f"{mean:.1f} ± {std:.1f}" if std is not None else f"{mean:.1f}"
+    return f"{mean:{spec}} ± {std:{spec}}" if std is not None else f"{mean:{spec}}"
+
+
+def interval(difference, spec: str = "+.1f") -> str:
+    """'+2.0 [−1.0, +5.0]' for a paired difference with its 95 % interval; bold where the interval excludes 0."""
+    mean, low, high = (number(dig(difference, key)) for key in ("mean", "low", "high"))
+    if mean is None:
+        return MISSING
+    if low is None or high is None:
+        return f"{mean:{spec}} (n = {dig(difference, 'n')}, no interval)"
+    text = f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]"
+    return f"**{text}**" if dig(difference, "decided") else text
+
+
+def miniature_table(result: dict) -> list[str]:
+    """One task of the miniature comparison: every arm's means and paired differences to LoRA, and the base row."""
+    header = ["method", "trainable", "share of the model", "adapter file", "accuracy (log-lik.), %",
+              "Δ accuracy vs LoRA [95 % CI]", "held-out loss", "Δ loss vs LoRA [95 % CI]", "exact match, %",
+              "steps to 90 % of the loss drop"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in result.get("arms") or []:
+        steps = [step for step in entry.get("steps_to_90") or [] if number(step) is not None]
+        storage = number(entry.get("storage_bytes"))
+        cells = [str(entry.get("label", MISSING)), fmt(entry.get("trainable_parameters"), ",.0f"),
+                 fmt(100 * number(entry["trainable_share"]) if number(entry.get("trainable_share")) is not None
+                     else None, ".2f", " %"),
+                 MISSING if storage is None else f"{storage / 1024:,.0f} KiB",
+                 mean_std(dig(entry, "accuracy")), interval(dig(entry, "accuracy", "vs_lora")) if
+                 dig(entry, "accuracy", "vs_lora") else "(reference)",
+                 mean_std(dig(entry, "mean_loss"), ".3f"),
+                 interval(dig(entry, "mean_loss", "vs_lora"), "+.3f") if dig(entry, "mean_loss", "vs_lora")
+                 else "(reference)",
+                 mean_std(dig(entry, "exact_match")),
+                 f"{sum(steps) / len(steps):.0f}" if steps else MISSING]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = result.get("base") or {}
+    lines.append(f"| base model (no adapter) | 0 | 0 % | | {fmt(base.get('accuracy'), '.1f')} | | "
+                 f"{fmt(base.get('mean_loss'), '.3f')} | | {fmt(base.get('exact_match'), '.1f')} | |")
+    return lines
 
 
 def render_miniature(results: dict[str, dict], results_dir: Path, relative_to: Path) -> str:
+    """Both comparisons of `benchmarks/miniature/`: one table per task, the power of the design, the paper check,
+    the differences whose interval excludes 0, and the plots."""
     data = results.get("miniature")
     if data is None:
         return "No `miniature.json` yet: run `python benchmarks/run_all.py --only miniature`."
-    tasks = [str(task) for task in data.get("tasks") or []]
-    seeds = data.get("seeds") or []
-    header = ["method", "rank", "trainable parameters", "budget ratio"] + [f"`{task}` exact match, %" for task in tasks]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in data.get("methods") or []:
-        if not isinstance(method, dict):
-            continue
-        label = method.get("label") or method.get("method") or MISSING
-        trainable = number(method.get("trainable_parameters"))
-        rank = method.get("rank")
-        cells = [str(label), MISSING if rank is None else str(rank),
-                 MISSING if trainable is None else f"{trainable:,.0f}", fmt(method.get("budget_ratio"))]
-        cells += [mean_std(dig(method, "results", task)) for task in tasks]
-        lines.append("| " + " | ".join(cells) + " |")
-    base = data.get("base") or {}
-    lines.append("| base model (no adapter) | | | | " + " | ".join(
-        fmt(dig(base, task, "exact_match"), ".1f") for task in tasks) + " |")
+    if not isinstance(data.get("tasks"), dict):
+        return "`miniature.json` is of an older format: run `python benchmarks/run_all.py --only miniature`."
     settings = data.get("settings") or {}
-    target = f" ({settings['target']})" if settings.get("target") else ""
-    notes = [
-        (f"Model `{data.get('model', MISSING)}`; mean ± std over seeds {', '.join(map(str, seeds)) or MISSING}; "
-        f"{settings.get('steps', MISSING)} steps at lr {settings.get('lr', MISSING)}, target budget "
-        f"{fmt(settings.get('target_budget'), ',.0f')} trainable parameters{target}, {settings.get('eval_limit', MISSING)} "
-        f"test prompts per task. {source_note(results, ['miniature'])}")
+    seeds = settings.get("seeds") or []
+    parts = [
+        f"Model `{data.get('model', MISSING)}` ({fmt(data.get('base_parameters'), ',.0f')} parameters); seeds "
+        f"{', '.join(map(str, seeds)) or MISSING}, paired (the same data order and masks for every method); "
+        f"low-rank arms at rank {data.get('rank', MISSING)}. Accuracy: the gold answer has the highest "
+        f"log-likelihood among the candidates (mc_num {settings.get('mc_num', MISSING)}, masks fixed by the tokens). "
+        f"Held-out loss: mean over λ ∈ {{{', '.join(map(str, settings.get('levels') or []))}}} of the masked-diffusion "
+        f"loss on fixed masks, {settings.get('loss_count', MISSING)} test items. Exact match: default sampler, first "
+        f"{settings.get('generate', MISSING)} test items. Mean ± std over seeds; Δ = method − LoRA per seed, mean "
+        f"and 95 % t-interval; **bold** where the interval excludes 0 (and has a width: a point interval, every seed "
+        f"giving the same difference, is no evidence). {source_note(results, ['miniature'])}"
     ]
-    for task in tasks:
-        text = dig(data, "verdict", task, "text")
-        if text:
-            notes.append(f"- `{task}`: {text}")
-    plots = [Path(str(plot)).name for plot in data.get("plots") or []] or list(DEFAULT_PLOTS)
+    decided = []
+    for name, comparison in (data.get("comparisons") or {}).items():
+        parts.append(f"### {comparison.get('title', name)}")
+        for task in comparison.get("tasks") or []:
+            result = data["tasks"].get(task)
+            if not isinstance(result, dict):
+                continue
+            parts.append(f"`{task}`: {result.get('steps', MISSING)} training steps, {result.get('train_examples', MISSING)} "
+                         f"training examples, {result.get('test_items', MISSING)} test items.\n\n"
+                         + "\n".join(miniature_table(result)))
+            power = result.get("power") or {}
+            parts.append(
+                f"Power on `{task}`: n = {power.get('n', MISSING)} seeds, median spread of the paired accuracy "
+                f"differences {fmt(power.get('median_std'), '.1f')} points, so the smallest difference this design "
+                f"detects (α = 0.05, power 0.8) is {fmt(power.get('detectable_points'), '.1f')} points; "
+                f"{power.get('seeds_for_2_points') or MISSING} seeds would detect 2 points.")
+            paper = result.get("against_paper")
+            if isinstance(paper, dict):
+                parts.append(
+                    f"Against the LoRA-Diffusion paper on `{task}`: LoRA-Diffusion reaches "
+                    f"{fmt(100 * paper['accuracy_ratio'] if number(paper.get('accuracy_ratio')) is not None else None, '.1f')} % "
+                    f"of full fine-tuning's accuracy ({fmt(100 * paper['gain_ratio'] if number(paper.get('gain_ratio')) is not None else None, '.0f')} % "
+                    f"of its gain over the base model) at "
+                    f"{fmt(100 * paper['trainable_share'] if number(paper.get('trainable_share')) is not None else None, '.1f')} % "
+                    "trainable; the paper claims 98.6 % at 0.7 % (Table 5).")
+            for entry in result.get("arms") or []:
+                for metric in ("accuracy", "mean_loss"):
+                    difference = dig(entry, metric, "vs_lora")
+                    if isinstance(difference, dict) and difference.get("decided") is True:
+                        decided.append(f"- `{task}`: {difference.get('verdict')}"
+                                       + (" (held-out loss)" if metric == "mean_loss" else " (accuracy)"))
+    parts.append("Differences to LoRA whose 95 % interval excludes 0 (every other one is not distinguishable from "
+                 "0 at this n):\n\n" + ("\n".join(decided) or "- none"))
     images = []
-    for name in plots:
+    for name in [Path(str(plot)).name for plot in data.get("plots") or []]:
         target = Path(results_dir) / name
         if target.exists():
             images.append(f"![{target.stem}]({Path(os.path.relpath(target, relative_to)).as_posix()})")
         else:
             images.append(f"(plot `{name}` missing)")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + "\n".join(images)
+    return "\n\n".join(parts) + "\n\n" + "\n".join(images)
 
 
 def render_timings(results_dir: Path) -> str:

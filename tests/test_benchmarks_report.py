@@ -30,23 +30,35 @@ SAMPLER = {
         "threshold": {"exact_match": 43.36, "documents": 256, "drop_points": 6.25, "speedup_vs_default": 10.31},
     }},
 }
+DIFFERENCE = {"n": 3, "mean": 12.0, "std": 2.0, "low": 7.03, "high": 16.97, "contains_zero": False,
+              "decided": True, "verdict": "NaRA beats LoRA: +12.00 points, 95 % CI [+7.03, +16.97], n = 3"}
 MINIATURE = {
     "mode": "full",
     "wall_seconds": 1800.0,
     "model": "dllm-tiny",
-    "tasks": ["lastdigit", "addition"],
-    "seeds": [0, 1, 2],
-    "settings": {"steps": 300, "lr": 0.003, "eval_limit": 64, "target_budget": 130000},
-    "methods": [
-        {"method": "lora", "label": "LoRA", "rank": 32, "trainable_parameters": 131072, "budget_ratio": 1.0,
-         "results": {"lastdigit": {"exact_match": [50.0, 60.0, 70.0], "mean": 60.0, "std": 10.0}}},
-        {"method": "nara", "label": "NaRA", "rank": 4, "trainable_parameters": 129000, "budget_ratio": 0.98,
-         "results": {"lastdigit": {"exact_match": [70.0, 72.0, 74.0], "mean": 72.0, "std": 2.0},
-                     "addition": {"exact_match": [1.0, 2.0, 3.0], "mean": 2.0, "std": 1.0}}},
-    ],
-    "base": {"lastdigit": {"exact_match": 0.0}, "addition": {"exact_match": 0.5}},
-    "verdict": {"lastdigit": {"nara_minus_lora": 12.0, "pooled_std": 7.2, "text": "NaRA is ahead by 12.0 points."}},
-    "plots": ["benchmarks/results/miniature_val_loss_vs_noise.png", "miniature_norms_nara_vs_lora.png"],
+    "base_parameters": 920704,
+    "rank": 8,
+    "comparisons": {"nara": {"title": "NaRA paper's comparison", "tasks": ["lastdigit"], "arms": ["lora", "nara"]}},
+    "settings": {"seeds": [0, 1, 2], "mc_num": 2, "levels": [0.1, 0.5], "loss_count": 64, "generate": 32},
+    "tasks": {"lastdigit": {
+        "steps": 200, "train_examples": 4000, "test_items": 200,
+        "base": {"accuracy": 9.5, "mean_loss": 4.2, "exact_match": 0.0},
+        "arms": [
+            {"arm": "lora", "label": "LoRA", "trainable_parameters": 32768, "trainable_share": 0.0356,
+             "storage_bytes": 133120, "steps_to_90": [80, 90, 100], "accuracy": {"mean": 60.0, "std": 10.0},
+             "mean_loss": {"mean": 1.2345, "std": 0.01}, "exact_match": {"mean": 30.0, "std": 5.0}},
+            {"arm": "nara", "label": "NaRA", "trainable_parameters": 33348, "trainable_share": 0.0362,
+             "storage_bytes": 136192, "steps_to_90": [70, None, 90],
+             "accuracy": {"mean": 72.0, "std": 2.0, "vs_lora": DIFFERENCE},
+             "mean_loss": {"mean": 1.2, "std": 0.02, "vs_lora": {"n": 3, "mean": -0.0345, "std": 0.05, "low": -0.16,
+                                                                 "high": 0.09, "contains_zero": True, "decided": False,
+                                                                 "verdict": "x"}},
+             "exact_match": {"mean": 35.0, "std": 4.0, "vs_lora": DIFFERENCE}},
+        ],
+        "power": {"n": 3, "median_std": 2.0, "detectable_points": 6.3, "seeds_for_2_points": 9},
+        "against_paper": None,
+    }},
+    "plots": ["miniature_figure1_loss_reduction.png", "miniature_val_loss_vs_noise.png"],
 }
 
 
@@ -115,18 +127,23 @@ def test_every_block_renders_from_no_results_at_all(tmp_path):
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
 
 
-def test_miniature_table_has_every_method_base_row_verdict_and_plot_links(tmp_path):
+def test_miniature_tables_show_means_paired_intervals_power_and_only_decided_claims(tmp_path):
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     (results / "miniature.json").write_text(json.dumps(MINIATURE))
-    (results / "miniature_val_loss_vs_noise.png").write_bytes(b"")
+    (results / "miniature_figure1_loss_reduction.png").write_bytes(b"")
     block = report.render_blocks(results, tmp_path)["miniature"]
-    assert "| LoRA | 32 | 131,072 | 1.00 | 60.0 ± 10.0 | — |" in block
-    assert "| NaRA | 4 | 129,000 | 0.98 | 72.0 ± 2.0 | 2.0 ± 1.0 |" in block
-    assert "| base model (no adapter) | | | | 0.0 | 0.5 |" in block
-    assert "- `lastdigit`: NaRA is ahead by 12.0 points." in block and "seeds 0, 1, 2" in block
-    assert "![miniature_val_loss_vs_noise](benchmarks/results/miniature_val_loss_vs_noise.png)" in block
-    assert "(plot `miniature_norms_nara_vs_lora.png` missing)" in block
+    assert ("| LoRA | 32,768 | 3.56 % | 130 KiB | 60.0 ± 10.0 | (reference) | 1.234 ± 0.010 | (reference) | "
+            "30.0 ± 5.0 | 90 |") in block
+    assert ("| NaRA | 33,348 | 3.62 % | 133 KiB | 72.0 ± 2.0 | **+12.0 [+7.0, +17.0]** | 1.200 ± 0.020 | "
+            "-0.035 [-0.160, +0.090] | 35.0 ± 4.0 | 80 |") in block
+    assert "| base model (no adapter) | 0 | 0 % | | 9.5 | | 4.200 | | 0.0 | |" in block
+    assert "detects (α = 0.05, power 0.8) is 6.3 points; 9 seeds would detect 2 points" in block
+    # the accuracy difference excludes 0 and is listed; the loss difference does not and is not
+    assert "- `lastdigit`: NaRA beats LoRA: +12.00 points, 95 % CI [+7.03, +16.97], n = 3 (accuracy)" in block
+    assert "(held-out loss)" not in block and "seeds 0, 1, 2, paired" in block
+    assert "![miniature_figure1_loss_reduction](benchmarks/results/miniature_figure1_loss_reduction.png)" in block
+    assert "(plot `miniature_val_loss_vs_noise.png` missing)" in block
 
 
 def test_blocks_are_replaced_between_their_markers_only(tmp_path):
