@@ -47,6 +47,11 @@ class TrainConfig:
     max_steps: int | None = option(600, "Optimizer steps to run (with --epochs: an upper bound).")
     epochs: float | None = option(None, "Passes over the training data; sets the number of steps.")
     lr: float = option(3e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
+    hypernetwork_lr: float | None = option(
+        None,
+        "Peak learning rate of the noise-conditioned modules (NaRA's and NaRA-DoRA's hypernetwork, NaRA-C's core); "
+        "default: --lr, as the authors train everything at one rate.",
+    )
     batch_size: int = option(8, "Examples per micro-batch (padded with EOS).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (per process).")
     rank: int = option(32, "Adapter rank r.")
@@ -113,6 +118,8 @@ class TrainConfig:
             raise DllmPeftError(f"--epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             raise DllmPeftError(f"--lr must be positive, got {self.lr}")
+        if self.hypernetwork_lr is not None and not self.hypernetwork_lr > 0:
+            raise DllmPeftError(f"--hypernetwork-lr must be positive, got {self.hypernetwork_lr}")
         if self.resume and self.overwrite:
             raise DllmPeftError("--resume continues the run in --output and --overwrite replaces it; pass only one")
         self.noise_levels  # parses, or names the bad value

@@ -119,3 +119,25 @@ def test_validation_at_step_0_does_not_depend_on_the_batch_size(padding):
     # each row is labelled with the λ it routed: round(λ·64) / 64 under canvas padding
     if padding == "canvas":
         assert reports[0].routed == pytest.approx({level: round(level * 64) / 64 for level in config.noise_levels})
+
+
+# -- --hypernetwork-lr -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["nara", "nara-c"])
+def test_hypernetwork_lr_sets_the_rate_of_the_noise_conditioned_modules_only(tmp_path, method):
+    from dllm_peft.adapters.files import read_adapter
+
+    def trained(name, **settings):
+        train(TrainConfig(**{**TINY, "val_size": 0, "max_steps": 2, "method": method, **settings},
+                          output=str(tmp_path / name)))
+        return read_adapter(tmp_path / name)[1]
+
+    same, frozen = trained("same"), trained("frozen", hypernetwork_lr=1e-12)
+    start = trained("start", lr=1e-12)  # both groups barely move: the initial values
+    conditioned = [name for name in same if name.startswith("dllm_peft_router") and "frequencies" not in name]
+    lora = [name for name in same if "lora_A" in name]
+    assert conditioned and lora
+    for name in conditioned:  # the hypernetwork / core stays where it started at --hypernetwork-lr 1e-12
+        torch.testing.assert_close(frozen[name], start[name], atol=1e-9, rtol=0)
+    assert any(not torch.allclose(same[name], start[name]) for name in conditioned)
+    for name in lora:  # while the low-rank factors train at --lr
+        assert not torch.allclose(frozen[name], start[name])

@@ -47,6 +47,7 @@ def train_command(
     max_steps: int = typer.Option(D.max_steps, help=H("max_steps")),
     epochs: float = typer.Option(None, help=H("epochs"), show_default=False),
     lr: float = typer.Option(D.lr, help=H("lr")),
+    hypernetwork_lr: float = typer.Option(None, help=H("hypernetwork_lr"), show_default=False),
     batch_size: int = typer.Option(D.batch_size, help=H("batch_size")),
     grad_accum: int = typer.Option(D.grad_accum, help=H("grad_accum")),
     rank: int = typer.Option(D.rank, help=H("rank")),

@@ -197,7 +197,8 @@ def train(
     if sharded:
         shard(backbone.model, accelerator.device)  # before the optimizer: the parameters become DTensors
     parameters = trainable_parameters(backbone.model)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
+    groups = parameter_groups(backbone.model, parameters, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
     state = TrainingState(step=0, examples_seen=0, losses=[], validation=[], data_fingerprint=data.fingerprint)
     if resume_from is not None:
         state = load_checkpoint(resume_from, backbone, optimizer)
@@ -218,7 +219,8 @@ def train(
     report(DataReport(
         len(data.train), len(data.validation), data.validation_origin, lengths, steps, examples_per_step, processes, sharded
     ))
-    record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps}
+    record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps,
+              "hypernetwork_lr": config.hypernetwork_lr}
     order = ExampleOrder(len(data.train), config.seed)
     padding = batch_padding(config)
     coverage = noise_level_coverage(config, data, order, steps, examples_per_step)
@@ -260,7 +262,7 @@ def train(
             started = time.perf_counter()
             lr = learning_rate(state.step, steps, config.lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_ratio"]  # the hypernetwork's peak is --hypernetwork-lr
             first = state.examples_seen + rank * config.grad_accum * config.batch_size
             local_loss, local_tokens = 0.0, 0
             for micro in range(config.grad_accum):
@@ -332,6 +334,19 @@ def train(
         validation=[ValidationReport.from_dict(v) for v in state.validation],
         main_process=is_main,
     )
+
+
+def parameter_groups(model, parameters: list, config: TrainConfig) -> list[dict]:
+    """AdamW groups: the noise-conditioned modules (every trainable parameter of the noise router: NaRA's and
+    NaRA-DoRA's hypernetwork, NaRA-C's core) at --hypernetwork-lr, everything else at --lr. `lr_ratio` scales the
+    schedule of `learning_rate` per group."""
+    router = find_router(model)
+    conditioned = {id(p) for p in router.parameters()} if router is not None else set()
+    ratio = (config.hypernetwork_lr or config.lr) / config.lr
+    noise = [p for p in parameters if id(p) in conditioned]
+    rest = [p for p in parameters if id(p) not in conditioned]
+    groups = [{"params": rest, "lr_ratio": 1.0}] if rest else []
+    return groups + ([{"params": noise, "lr_ratio": ratio, "lr": config.lr * ratio}] if noise else [])
 
 
 def noise_level_coverage(
