@@ -27,6 +27,8 @@ DEFAULT_DATA = "builtin:lastdigit"
 
 
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_GEN_LENGTH = 64  # the sampler's default canvas; the default --padding makes training cover its λ grid
+PADDING_MODES = ("canvas", "longest", "max_length")
 DEFAULT_NOISE_LEVELS = "0.1,0.3,0.5,0.7,0.9"
 
 
@@ -45,6 +47,11 @@ class TrainConfig:
     max_steps: int | None = option(600, "Optimizer steps to run (with --epochs: an upper bound).")
     epochs: float | None = option(None, "Passes over the training data; sets the number of steps.")
     lr: float = option(3e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
+    hypernetwork_lr: float | None = option(
+        None,
+        "Peak learning rate of the noise-conditioned modules (NaRA's and NaRA-DoRA's hypernetwork, NaRA-C's core); "
+        "default: --lr, as the authors train everything at one rate.",
+    )
     batch_size: int = option(8, "Examples per micro-batch (padded with EOS).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (per process).")
     rank: int = option(32, "Adapter rank r.")
@@ -53,7 +60,12 @@ class TrainConfig:
     targets: str | None = option(None, "Comma-separated target modules (suffixes or regexes); default: the model's.")
     max_length: int = option(256, "Longest prompt + response, in tokens.")
     overlong: str = option("drop", "What to do with longer examples: drop or truncate (always reported).")
-    padding: str = option("longest", "Pad each batch with EOS to the longest example, or to --max-length (reference).")
+    padding: str = option(
+        "canvas",
+        f"EOS padding of the response: canvas (each to a multiple of the sampler's default --gen-length, "
+        f"{DEFAULT_GEN_LENGTH}, so training routes every λ it samples at), N (a multiple of N tokens), longest "
+        "(to the batch's longest example) or max_length (the reference).",
+    )
     chat_template: str = option("auto", "auto: put the prompt through the tokenizer's chat template if it has one; none.")
     prompt_field: str = option("prompt", "Field holding the prompt in the data records.")
     response_field: str = option("response", "Field holding the response in the data records.")
@@ -84,7 +96,6 @@ class TrainConfig:
         object.__setattr__(self, "adapter_option", tuple(self.adapter_option or ()))  # resume reads a JSON list
         choices = {
             "overlong": ("drop", "truncate"),
-            "padding": ("longest", "max_length"),
             "chat_template": ("auto", "none"),
             "precision": TRAIN_PRECISIONS,
         }
@@ -92,6 +103,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 flag = "--" + name.replace("_", "-")
                 raise DllmPeftError(f"{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.padding not in PADDING_MODES and not (self.padding.isdigit() and int(self.padding) >= 1):
+            raise DllmPeftError(
+                f"--padding must be one of {', '.join(PADDING_MODES)} or a positive number of tokens, got {self.padding!r}"
+            )
         for name in ("rank", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise DllmPeftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -106,6 +121,8 @@ class TrainConfig:
             raise DllmPeftError(f"--epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             raise DllmPeftError(f"--lr must be positive, got {self.lr}")
+        if self.hypernetwork_lr is not None and not self.hypernetwork_lr > 0:
+            raise DllmPeftError(f"--hypernetwork-lr must be positive, got {self.hypernetwork_lr}")
         if self.resume and self.overwrite:
             raise DllmPeftError("--resume continues the run in --output and --overwrite replaces it; pass only one")
         self.noise_levels  # parses, or names the bad value
@@ -118,6 +135,13 @@ class TrainConfig:
         if not self.targets:
             return None
         return tuple(name.strip() for name in self.targets.split(",") if name.strip())
+
+    @property
+    def canvas_length(self) -> int | None:
+        """Under --padding canvas or N: each response region is EOS-padded to a multiple of this; else None."""
+        if self.padding == "canvas":
+            return DEFAULT_GEN_LENGTH
+        return int(self.padding) if self.padding.isdigit() else None
 
     @property
     def noise_levels(self) -> tuple[float, ...]:
@@ -142,9 +166,9 @@ EOS_SUPPRESSION = ("none", "logits", "confidence")
 class SamplerConfig:
     """Settings of the masked-diffusion sampler (LLaDA `generate.py` semantics, Fast-dLLM extensions)."""
 
-    gen_length: int = option(64, "Tokens to generate per prompt.")
-    steps: int = option(64, "Denoising steps in total (split evenly across blocks).")
-    block_length: int = option(64, "Block length of semi-autoregressive decoding (gen_length = one block).")
+    gen_length: int = option(DEFAULT_GEN_LENGTH, "Tokens to generate per prompt.")
+    steps: int = option(DEFAULT_GEN_LENGTH, "Denoising steps in total (split evenly across blocks).")
+    block_length: int = option(DEFAULT_GEN_LENGTH, "Block length of semi-autoregressive decoding (gen_length = one block).")
     remasking: str = option("low_confidence", "Which masked tokens to commit: low_confidence or random.")
     temperature: float = option(0.0, "Gumbel-max sampling temperature (0 = greedy).")
     cfg_scale: float = option(0.0, "Classifier-free guidance scale (0 = off).")

@@ -195,7 +195,7 @@ def test_bad_settings_files(tmp_path, text, expected):
 def test_config_values_are_checked():
     with pytest.raises(DllmPeftError, match="--val-noise-levels '0.1,1.5' must be comma-separated numbers in"):
         TrainConfig(val_noise_levels="0.1,1.5")
-    with pytest.raises(DllmPeftError, match="--padding must be one of longest, max_length, got 'max'"):
+    with pytest.raises(DllmPeftError, match="--padding must be one of canvas, longest, max_length or a positive number of tokens, got 'max'"):
         TrainConfig(padding="max")
     with pytest.raises(DllmPeftError, match="pass only one"):
         TrainConfig(resume=True, overwrite=True)

@@ -21,6 +21,7 @@ from ..training.recipes import RECIPES, resolve_train_config
 from ..training.train import (
     CheckpointSaved,
     DataReport,
+    NoiseLevelCoverage,
     Resumed,
     TrainingInterrupted,
     TrainProgress,
@@ -47,6 +48,7 @@ def train_command(
     max_steps: int = typer.Option(D.max_steps, help=H("max_steps")),
     epochs: float = typer.Option(None, help=H("epochs"), show_default=False),
     lr: float = typer.Option(D.lr, help=H("lr")),
+    hypernetwork_lr: float = typer.Option(None, help=H("hypernetwork_lr"), show_default=False),
     batch_size: int = typer.Option(D.batch_size, help=H("batch_size")),
     grad_accum: int = typer.Option(D.grad_accum, help=H("grad_accum")),
     rank: int = typer.Option(D.rank, help=H("rank")),
@@ -103,7 +105,7 @@ def train_command(
     if len(result.validation) > 1:
         before, after = result.validation[0], result.validation[-1]
         levels = "  ".join(
-            f"{level:g}: {before.by_noise_level[level]:.3f} → {loss:.3f}"
+            f"{after.routed.get(level, level):.3g}: {before.by_noise_level[level]:.3f} → {loss:.3f}"
             for level, loss in after.by_noise_level.items()
         )
         out.print(f"  validation loss {before.loss:.4f} → {after.loss:.4f}; at λ {levels}")
@@ -158,8 +160,21 @@ def _describe(report: TrainReport, settings: TrainConfig) -> str:
             f"{', FSDP' if report.sharded else ''})"
         )
     if isinstance(report, ValidationReport):
-        levels = "  ".join(f"{level:g}: {loss:.3f}" for level, loss in report.by_noise_level.items())
+        levels = "  ".join(
+            f"{report.routed.get(level, level):.3g}: {loss:.3f}" for level, loss in report.by_noise_level.items()
+        )
         return f"step {report.step} validation loss {report.loss:.4f} | at λ {levels}"
+    if isinstance(report, NoiseLevelCoverage):
+        lengths = ", ".join(str(length) for length in report.response_lengths)
+        if not report.missing:
+            return f"[dim]noise levels: response regions of {lengths} tokens route every λ of the sampler's " \
+                   f"{report.gen_length}-token canvas[/]"
+        shown = ", ".join(f"{level:.3g}" for level in report.missing[:6]) + (" …" if len(report.missing) > 6 else "")
+        return (
+            f"[yellow]warning[/]: {len(report.missing)} λ value(s) the sampler routes on its default "
+            f"{report.gen_length}-token canvas are never routed in training ({shown}; response regions of "
+            f"{lengths} tokens); the noise-conditioned adapter will extrapolate there: use --padding canvas"
+        )
     if isinstance(report, CheckpointSaved):
         return f"[dim]saved checkpoint {report.path}[/]"
     if isinstance(report, Resumed):

@@ -6,8 +6,10 @@ line), a JSON file holding an array of objects, a local Hugging Face `datasets` 
 `response` fields by default; the LLM-Adapters layout (`instruction`, `input`, `output`) is recognised on its own.
 
 As in LLaDA's SFT (and the NaRA recipes): the prompt goes through the tokenizer's chat template when it has one, the
-response ends with EOS, and a batch is padded with EOS *inside the response region* (to the longest example, or to
-`max_length` as the reference does), so the model learns to fill the tail of a canvas with EOS. Examples longer than
+response ends with EOS, and EOS padding is part of the response region, so the model learns to fill the tail of a
+canvas with EOS. The region is padded per example to a multiple of a canvas length (`--padding canvas`, the default:
+the sampler's default `--gen-length`, so that every λ = k / gen_length the sampler routes is a λ = k' / L training
+routes, see docs/noise-level.md), to the batch's longest example, or to `max_length` as the reference does. Examples longer than
 `max_length` are never dropped silently: `tokenize_pairs` counts them in a `LengthReport`.
 """
 
@@ -30,7 +32,6 @@ from .tasks import task_records
 BUILTIN_PREFIX = "builtin:"
 OVERLONG_POLICIES = ("drop", "truncate")
 CHAT_TEMPLATE_MODES = ("auto", "none")
-PADDING_MODES = ("longest", "max_length")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -47,7 +48,7 @@ class Example:
 class Batch:
     input_ids: torch.Tensor  # (B, T)
     response_mask: torch.Tensor  # (B, T) bool, response + EOS padding
-    attention_mask: torch.Tensor  # (B, T) all ones: EOS padding is part of the response, as in LLaDA
+    attention_mask: torch.Tensor  # (B, T) 1 on prompt + response region (EOS padding is response, as in LLaDA), 0 after
 
     @property
     def tokens(self) -> int:
@@ -292,13 +293,42 @@ def derived_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def collate(examples: list[Example], eos_id: int, pad_to: int | None = None) -> Batch:
-    """Pad to the longest example (or to `pad_to`) with EOS, counted as response (LLaDA SFT)."""
+def response_regions(
+    examples: list[Example], pad_to: int | None = None, canvas: int | None = None, max_length: int | None = None
+) -> list[int]:
+    """The length L of each example's response region in a batch of `examples` (EOS padding included).
+
+    Args:
+        pad_to: pad the batch to this many tokens (at least the longest example); None: to the longest example.
+        canvas: pad each response, on its own, to a multiple of this many tokens, but not past `max_length`
+            (positions after it, up to the batch's length, are padding outside the sequence: attention mask 0).
+    """
+    if canvas is not None:
+        regions = []
+        for example in examples:
+            room = (max_length or 1 << 62) - len(example.prompt_ids)  # ≥ the response: overlong pairs were handled
+            regions.append(max(len(example.response_ids), min(-(-len(example.response_ids) // canvas) * canvas, room)))
+        return regions
     length = max(max(len(example) for example in examples), pad_to or 0)
+    return [length - len(example.prompt_ids) for example in examples]
+
+
+def collate(
+    examples: list[Example],
+    eos_id: int,
+    pad_to: int | None = None,
+    canvas: int | None = None,
+    max_length: int | None = None,
+) -> Batch:
+    """EOS-pad the responses, the padding counted as response (LLaDA SFT); `response_regions` says how far."""
+    regions = response_regions(examples, pad_to, canvas, max_length)
+    length = max(len(example.prompt_ids) + region for example, region in zip(examples, regions))
     input_ids = torch.full((len(examples), length), eos_id, dtype=torch.long)
     response_mask = torch.zeros((len(examples), length), dtype=torch.bool)
-    for row, example in enumerate(examples):
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (example, region) in enumerate(zip(examples, regions)):
         tokens = example.prompt_ids + example.response_ids
         input_ids[row, : len(tokens)] = torch.tensor(tokens)
-        response_mask[row, len(example.prompt_ids) :] = True
-    return Batch(input_ids, response_mask, torch.ones_like(input_ids))
+        response_mask[row, len(example.prompt_ids) : len(example.prompt_ids) + region] = True
+        attention_mask[row, : len(example.prompt_ids) + region] = 1
+    return Batch(input_ids, response_mask, attention_mask)

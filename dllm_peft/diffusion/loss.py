@@ -5,7 +5,10 @@ pass at noise level λ = k / L, and score
 
     loss_b = Σ_{masked i} CE_i / λ_b / L_b
 
-then average over the batch. The 1/λ weight makes this the (per-token normalised) ELBO of masked diffusion.
+then average over the batch. With k uniform on {1, …, L} (`schedule.draw_mask_counts`), the weight 1/λ = L/k makes
+this an unbiased estimate of the per-token normalised ELBO of masked diffusion (LLaDA's SFT loss):
+
+    ELBO_b / L_b = (1 / L_b) Σ_{k=1}^{L_b} (1 / L_b) · (L_b / k) · E[Σ_{masked i} CE_i | k masked]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 
 from ..models.backbone import Backbone
 from .conditioning import noise_level as routed_noise_level
-from .schedule import draw_mask_counts, forward_process
+from .schedule import Generators, draw_mask_counts, forward_process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,7 @@ def masked_diffusion_loss(
     input_ids: torch.Tensor,
     response_mask: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     mask_counts: torch.Tensor | None = None,
 ) -> LossOutput:
     """The loss of one batch.
@@ -42,7 +45,8 @@ def masked_diffusion_loss(
         input_ids: (B, T) clean prompt + response tokens.
         response_mask: (B, T) bool, True on the response region (EOS padding included); the prompt is never masked.
         attention_mask: (B, T) 1 for real tokens, 0 for padding (None: all real).
-        mask_counts: (B,) tokens to mask per example; drawn as k = max(1, round(t·L)), t ~ U(0, 1), when None.
+        generator: one for the batch, or one per example (then an example's mask does not depend on its batch).
+        mask_counts: (B,) tokens to mask per example; drawn uniformly on {1, …, L} when None.
     """
     # 1. choose how many response tokens to mask, then which ones
     response_lengths = response_mask.sum(dim=1)  # (B,)

@@ -19,6 +19,7 @@ the model is not handed to `accelerator.prepare`, checkpoints gather the adapter
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -35,14 +36,15 @@ from ..adapters.base import adapter_state_dict, inject, trainable_parameters
 from ..adapters.files import load_adapter, read_adapter, save_adapter
 from ..adapters.options import train_method_config
 from ..adapters.registry import get_method
-from ..config import TrainConfig
-from ..data.records import ExampleOrder, LengthReport, collate, derived_seed
+from ..config import SamplerConfig, TrainConfig
+from ..data.records import ExampleOrder, LengthReport, collate, derived_seed, response_regions
 from ..diffusion.conditioning import (
     ROUTER_ATTRIBUTE,
     enable_gradient_checkpointing,
     find_router,
 )
 from ..diffusion.loss import masked_diffusion_loss
+from ..diffusion.schedule import covers, sampler_noise_levels
 from ..errors import DllmPeftError
 from ..models import load_backbone, resolve_device
 from .checkpoint import (
@@ -63,7 +65,7 @@ from .sharding import (
     gradient_sync,
     shard,
 )
-from .validation import TrainingData, ValidationReport, load_training_data, validate
+from .validation import TrainingData, ValidationReport, batch_padding, load_training_data, validate
 
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
@@ -109,7 +111,25 @@ class Resumed:
     checkpoint: Path | None  # None: the run had no checkpoint yet and starts again from step 0
 
 
-TrainReport = DataReport | ValidationReport | CheckpointSaved | Resumed
+@dataclasses.dataclass(frozen=True)
+class NoiseLevelCoverage:
+    """Before the first step: whether the λ values training will route contain those the sampler routes by default.
+
+    The sampler's λ grid is k / gen_length (default settings: `SamplerConfig()`); training routes k / L for the
+    response-region lengths L of its batches. `missing` lists the sampler's λ that no training batch can route: the
+    noise-conditioned adapter (NaRA's hypernetwork) never trains there and the sampler extrapolates.
+    """
+
+    gen_length: int
+    missing: list[float]  # sampler λ values training never routes (empty: covered)
+    response_lengths: list[int]  # distinct L of the training batches, at most the 8 most common
+
+    def metrics(self) -> dict:
+        return {"sampler_gen_length": self.gen_length, "missing_sampler_noise_levels": self.missing,
+                "response_lengths": self.response_lengths}
+
+
+TrainReport = DataReport | ValidationReport | CheckpointSaved | Resumed | NoiseLevelCoverage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +196,8 @@ def train(
     if sharded:
         shard(backbone.model, accelerator.device)  # before the optimizer: the parameters become DTensors
     parameters = trainable_parameters(backbone.model)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
+    groups = parameter_groups(backbone.model, parameters, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
     state = TrainingState(step=0, examples_seen=0, losses=[], validation=[], data_fingerprint=data.fingerprint)
     if resume_from is not None:
         state = load_checkpoint(resume_from, backbone, optimizer)
@@ -197,9 +218,13 @@ def train(
     report(DataReport(
         len(data.train), len(data.validation), data.validation_origin, lengths, steps, examples_per_step, processes, sharded
     ))
-    record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps}
+    record = {"data": config.data, "seed": config.seed, "lr": config.lr, "recipe": config.recipe, "steps": steps,
+              "hypernetwork_lr": config.hypernetwork_lr}
     order = ExampleOrder(len(data.train), config.seed)
-    pad_to = config.max_length if config.padding == "max_length" else None
+    padding = batch_padding(config)
+    coverage = noise_level_coverage(config, data, order, steps, examples_per_step)
+    report(coverage)
+    routed: dict[float, int] = {}  # λ → examples routed at it by this process (this session of the run)
     device = accelerator.device
     model.train()
 
@@ -220,12 +245,14 @@ def train(
         def run_validation() -> None:
             if not data.validation:
                 return
-            result = validate(backbone, data.validation, config, accelerator, pad_to, state.step)
+            result = validate(backbone, data.validation, config, accelerator, state.step)
             state.validation.append(dataclasses.asdict(result))
             if log is not None:
                 log.write("validation", state.step, result.metrics())
             report(result)
 
+        if log is not None and coverage.missing:
+            log.write("warning", state.step, {"noise_level_coverage": coverage.metrics()})
         if state.step == 0:
             run_validation()  # the base model's loss: where the adapter starts from
         while state.step < steps:
@@ -234,13 +261,13 @@ def train(
             started = time.perf_counter()
             lr = learning_rate(state.step, steps, config.lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_ratio"]  # the hypernetwork's peak is --hypernetwork-lr
             first = state.examples_seen + rank * config.grad_accum * config.batch_size
             local_loss, local_tokens = 0.0, 0
             for micro in range(config.grad_accum):
                 start = first + micro * config.batch_size  # stream position of this micro-batch
                 examples = [data.train[index] for index in order.indices(start, config.batch_size)]
-                batch = collate(examples, backbone.eos_id, pad_to)
+                batch = collate(examples, backbone.eos_id, **padding)
                 torch.manual_seed(derived_seed(config.seed, "dropout", start))
                 generator = torch.Generator(device=device).manual_seed(derived_seed(config.seed, "mask", start))
                 last = micro == config.grad_accum - 1
@@ -257,6 +284,8 @@ def train(
                     if method.regularization is not None:  # e.g. LoRA-Diffusion's rank and orthogonality terms
                         objective = objective + method.regularization(backbone.model)
                     accelerator.backward(objective / config.grad_accum)
+                for level in out.noise_level.tolist():
+                    routed[round(level, 6)] = routed.get(round(level, 6), 0) + 1
                 local_loss += out.loss.item() / config.grad_accum
                 local_tokens += batch.tokens
             totals = accelerator.reduce(torch.tensor([local_loss, local_tokens], device=device, dtype=torch.float64))
@@ -285,6 +314,11 @@ def train(
             if config.save_every and state.step % config.save_every == 0:
                 checkpoint()
 
+        histogram = _gathered_histogram(accelerator, routed)
+        if log is not None:
+            values = {"histogram": {f"{level:g}": count for level, count in sorted(histogram.items())}}
+            log.write("noise_levels", state.step, values | coverage.metrics())
+
     tensors = full_tensors(adapter_state_dict(backbone.model))  # every process: a collective under FSDP
     if is_main:
         final = {**record, "validation": state.validation[-1] if state.validation else None}
@@ -300,7 +334,6 @@ def train(
         main_process=is_main,
     )
 
-
 def _start_adapter(config: TrainConfig, backbone) -> None:
     """Inject a fresh adapter of --method, or the one of --init-adapter (its own settings, its trained values)."""
     if config.init_adapter is None:
@@ -314,6 +347,50 @@ def _start_adapter(config: TrainConfig, backbone) -> None:
             f"pass --method {stored} to continue training it"
         )
     load_adapter(backbone, config.init_adapter)
+
+
+def parameter_groups(model, parameters: list, config: TrainConfig) -> list[dict]:
+    """AdamW groups: the noise-conditioned modules (every trainable parameter of the noise router: NaRA's and
+    NaRA-DoRA's hypernetwork, NaRA-C's core) at --hypernetwork-lr, everything else at --lr. `lr_ratio` scales the
+    schedule of `learning_rate` per group."""
+    router = find_router(model)
+    conditioned = {id(p) for p in router.parameters()} if router is not None else set()
+    ratio = (config.hypernetwork_lr or config.lr) / config.lr
+    noise = [p for p in parameters if id(p) in conditioned]
+    rest = [p for p in parameters if id(p) not in conditioned]
+    groups = [{"params": rest, "lr_ratio": 1.0}] if rest else []
+    return groups + ([{"params": noise, "lr_ratio": ratio, "lr": config.lr * ratio}] if noise else [])
+
+
+def noise_level_coverage(
+    config: TrainConfig, data: TrainingData, order: ExampleOrder, steps: int, examples_per_step: int
+) -> NoiseLevelCoverage:
+    """Which λ of the default sampler (`SamplerConfig()`) the run's batches cannot route (see `NoiseLevelCoverage`)."""
+    padding = batch_padding(config)
+    if padding["pad_to"] is None and padding["canvas"] is None:  # --padding longest: L depends on the batch
+        lengths = collections.Counter()
+        for position in range(0, steps * examples_per_step, config.batch_size):
+            batch = [data.train[index] for index in order.indices(position, config.batch_size)]
+            lengths.update(response_regions(batch, **padding))
+    else:  # L is a property of each example alone
+        lengths = collections.Counter(response_regions([example], **padding)[0] for example in data.train)
+    sampler = SamplerConfig()
+    levels = sampler_noise_levels(sampler.gen_length, sampler.block_length, sampler.steps)
+    common = [length for length, _ in lengths.most_common(8)]
+    return NoiseLevelCoverage(sampler.gen_length, covers(list(lengths), levels), common)
+
+
+def _gathered_histogram(accelerator: Accelerator, routed: dict[float, int]) -> dict[float, int]:
+    """The λ histogram of every process together."""
+    if accelerator.num_processes == 1:
+        return routed
+    from accelerate.utils import gather_object
+
+    total: dict[float, int] = {}
+    for part in gather_object([routed]):
+        for level, count in part.items():
+            total[level] = total.get(level, 0) + count
+    return total
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:

@@ -6,8 +6,11 @@ else `--val-size` examples held out of `--data` at random (fixed by the seed).
 
 `validate` scores the held-out examples with the masked-diffusion loss twice over: once at noise levels drawn as in
 training, and once at each fixed λ of `--val-noise-levels` (exactly round(λ·L) response tokens masked, through
-`schedule.mask_counts_at`). The masks are seeded by the example chunk, so every validation of a run sees the same
-masks and the curves compare steps, not noise. Written per evaluation, the per-λ losses show where along the
+`schedule.mask_counts_at`; each row is labelled with the mean λ = k / L it actually routed, which differs from the
+nominal λ when L is small). The masks are seeded per example and the response region of an example does not depend
+on its chunk (under `--padding longest` every example is padded to the longest validation example), so every
+validation of a run sees the same masks, the curves compare steps, not noise, and the figures do not depend on
+`--batch-size`. Written per evaluation, the per-λ losses show where along the
 denoising trajectory an adapter helps (NaRA's claim is that it helps differently at different λ).
 """
 
@@ -51,19 +54,23 @@ class TrainingData:
 class ValidationReport:
     step: int
     loss: float  # noise levels drawn as in training
-    by_noise_level: dict[float, float]  # λ → loss with exactly round(λ·L) tokens masked
+    by_noise_level: dict[float, float]  # nominal λ → loss with exactly round(λ·L) tokens masked
     examples: int
+    routed: dict[float, float] = dataclasses.field(default_factory=dict)  # nominal λ → mean λ = k / L routed
 
     def metrics(self) -> dict[str, Any]:
         """The record written to metrics.jsonl (JSON keys are strings)."""
         by_level = {f"{level:g}": loss for level, loss in self.by_noise_level.items()}
-        return {"loss": self.loss, "loss_by_noise_level": by_level, "examples": self.examples}
+        routed = {f"{level:g}": value for level, value in self.routed.items()}
+        return {"loss": self.loss, "loss_by_noise_level": by_level, "routed_noise_level": routed,
+                "examples": self.examples}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ValidationReport:
         """From `dataclasses.asdict` output after a JSON round trip (keys of `by_noise_level` became strings)."""
         by_level = {float(level): float(loss) for level, loss in values["by_noise_level"].items()}
-        return cls(int(values["step"]), float(values["loss"]), by_level, int(values["examples"]))
+        routed = {float(level): float(value) for level, value in values.get("routed", {}).items()}
+        return cls(int(values["step"]), float(values["loss"]), by_level, int(values["examples"]), routed)
 
 
 def load_training_data(config: TrainConfig, backbone: Backbone) -> TrainingData:
@@ -88,13 +95,21 @@ def load_training_data(config: TrainConfig, backbone: Backbone) -> TrainingData:
     return TrainingData(train, validation, origin, lengths, fingerprint(train))
 
 
+def batch_padding(config: TrainConfig) -> dict[str, int | None]:
+    """The keyword arguments of `collate` / `response_regions` that `--padding` asks for."""
+    return {
+        "pad_to": config.max_length if config.padding == "max_length" else None,
+        "canvas": config.canvas_length,
+        "max_length": config.max_length,
+    }
+
+
 @torch.no_grad()
 def validate(
     backbone: Backbone,
     examples: list[Example],
     config: TrainConfig,
     accelerator: Accelerator,
-    pad_to: int | None,
     step: int,
 ) -> ValidationReport:
     """The held-out loss of the adapter in `backbone.model` now; processes share the chunks and sum the results.
@@ -103,11 +118,13 @@ def validate(
         backbone: the unwrapped backbone. Unsharded, its forward needs no collective and processes may run unequal
             numbers of chunks; under FSDP every forward gathers weights from all processes, so each runs the same
             number (surplus turns re-run chunk 0 and drop the result).
-        pad_to: EOS padding length of a batch, as in training (None: the longest example of the chunk).
     """
     levels = (None, *config.noise_levels)  # None: λ drawn as in training
     device = accelerator.device
-    sums = torch.zeros(len(levels), dtype=torch.float64, device=device)  # (1 + levels,) Σ per-example loss
+    sums = torch.zeros(2, len(levels), dtype=torch.float64, device=device)  # (loss, λ) × (1 + levels) Σ per example
+    padding = batch_padding(config)
+    if padding["pad_to"] is None and padding["canvas"] is None:  # longest: the longest example of the set, not chunk
+        padding["pad_to"] = max(len(example) for example in examples)
     chunks = [examples[start : start + config.batch_size] for start in range(0, len(examples), config.batch_size)]
     was_training = backbone.model.training
     backbone.model.eval()  # no dropout
@@ -116,23 +133,28 @@ def validate(
     try:
         for index in range(accelerator.process_index, turns, processes):
             surplus = index >= len(chunks)
-            batch = collate(chunks[0 if surplus else index], backbone.eos_id, pad_to)
+            batch = collate(chunks[0 if surplus else index], backbone.eos_id, **padding)
             input_ids, response_mask = batch.input_ids.to(device), batch.response_mask.to(device)
             lengths = response_mask.sum(dim=1)  # (B,)
+            attention_mask = batch.attention_mask.to(device)
+            first = (0 if surplus else index) * config.batch_size  # the chunk's first example in the validation set
             for column, level in enumerate(levels):
-                generator = torch.Generator(device=device).manual_seed(
-                    derived_seed(config.seed, "validation", index, column)
-                )
+                generators = [  # one per example: its mask does not depend on the chunk it sits in
+                    torch.Generator(device=device).manual_seed(derived_seed(config.seed, "validation", first + row, column))
+                    for row in range(len(input_ids))
+                ]
                 counts = None if level is None else mask_counts_at(level, lengths)
                 with accelerator.autocast():
                     gather_root(backbone.model)
                     out = masked_diffusion_loss(
-                        backbone, input_ids, response_mask, generator=generator, mask_counts=counts
+                        backbone, input_ids, response_mask, attention_mask, generator=generators, mask_counts=counts
                     )
                 if not surplus:
-                    sums[column] += out.per_example.double().sum()
+                    sums[0, column] += out.per_example.double().sum()
+                    sums[1, column] += out.noise_level.double().sum()
     finally:
         backbone.model.train(was_training)
-    means = (accelerator.reduce(sums) / len(examples)).tolist()  # (1 + levels,)
-    by_level = dict(zip(config.noise_levels, means[1:]))
-    return ValidationReport(step, means[0], by_level, len(examples))
+    means = (accelerator.reduce(sums) / len(examples)).tolist()  # (2, 1 + levels)
+    by_level = dict(zip(config.noise_levels, means[0][1:]))
+    routed = dict(zip(config.noise_levels, means[1][1:]))
+    return ValidationReport(step, means[0][0], by_level, len(examples), routed)
