@@ -28,11 +28,12 @@ from transformers import (
     dynamic_module_utils,
 )
 
+from dllm_peft.models.backbone import Backbone
 from dllm_peft.models.byte_tokenizer import ByteTokenizer
 from dllm_peft.models.dit import DiTConfig
 from dllm_peft.models.dream import DreamConfig, DreamModel
 from dllm_peft.models.llada import LLaDAModelLM, tiny_llada_config
-from dllm_peft.models.mdlm import MDLMModel
+from dllm_peft.models.mdlm import DIT_TARGETS, MDLMModel
 from dllm_peft.models.sedd import SEDDModel
 
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat red blue green one two three four five".split()
@@ -273,13 +274,21 @@ def _dit_tokenizer(directory: Path, with_tokenizer: bool) -> int:
     return ByteTokenizer().eos_token_id + 1  # the authors' `tokens`: the vocabulary without the mask row
 
 
+def tiny_dit(kind: str, seed: int = 0, time_conditioning: bool = True) -> Backbone:
+    """A tiny MDLM or SEDD built in memory (the folders' weights for the same seed) with the byte tokenizer."""
+    config = DiTConfig(model_type=kind, vocab_size=ByteTokenizer().eos_token_id + 2, model_length=128, **DIT_SIZE)
+    model = (MDLMModel(config, time_conditioning) if kind == "mdlm" else SEDDModel(config, scale_by_sigma=True)).eval()
+    _randomize(model, seed)
+    tokenizer = ByteTokenizer()
+    return Backbone(model=model, tokenizer=tokenizer, mask_id=model.mask_id, eos_id=tokenizer.eos_token_id,
+                    name=f"tiny-{kind}", default_targets=DIT_TARGETS, max_length=128)
+
+
 def write_mdlm(directory: Path, seed: int = 0, time_conditioning: bool = True, with_tokenizer: bool = True) -> MDLMModel:
     """kuleshov-group/mdlm-owt at toy size: its config.json keys and a model.safetensors keyed `backbone.…`."""
     directory.mkdir(parents=True)
     tokens = _dit_tokenizer(directory, with_tokenizer)
-    config = DiTConfig(model_type="mdlm", vocab_size=tokens + 1, model_length=128, dropout=0.1, **DIT_SIZE)
-    model = MDLMModel(config, time_conditioning).eval()
-    _randomize(model, seed)
+    model = tiny_dit("mdlm", seed, time_conditioning).model
     reference = {
         "architectures": ["MDLM"], "model_type": "mdlm", "return_dict": False, "torch_dtype": "float32",
         "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
@@ -299,9 +308,7 @@ def write_sedd(directory: Path, seed: int = 0, with_tokenizer: bool = True, safe
     """louaaron/sedd-small at toy size: the Hydra run config as config.json and a pickled pytorch_model.bin."""
     directory.mkdir(parents=True)
     tokens = _dit_tokenizer(directory, with_tokenizer)
-    config = DiTConfig(model_type="sedd", vocab_size=tokens + 1, model_length=128, dropout=0.1, **DIT_SIZE)
-    model = SEDDModel(config, scale_by_sigma=True).eval()
-    _randomize(model, seed)
+    model = tiny_dit("sedd", seed).model
     reference = {
         "ngpus": 1, "tokens": tokens,
         "training": {"batch_size": 512, "accum": 1, "n_iters": 1300001, "snapshot_freq": 50000, "log_freq": 50,

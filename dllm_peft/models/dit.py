@@ -90,9 +90,9 @@ class TimestepEmbedder(nn.Module):
         angles = sigma.float()[:, None] * frequencies.to(sigma.device)[None]  # (B, half)
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
-    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
-        features = self.features(sigma).to(self.mlp[0].weight.dtype)
-        return self.mlp(features)
+    def forward(self, sigma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """σ (B,) → (B, cond_dim) in `dtype`, the model's (its layers may be wrapped by adapters)."""
+        return self.mlp(self.features(sigma).to(dtype))
 
 
 def inverse_frequencies(head_dim: int, base: float = 10_000.0) -> torch.Tensor:
@@ -217,7 +217,7 @@ class DiT(nn.Module):
         """
         x = self.vocab_embed(indices) if inputs_embeds is None else inputs_embeds  # (B, T, d)
         batch, length = x.shape[:2]
-        c = F.silu(self.sigma_map(sigma.reshape(-1).expand(batch)))  # (B, cond_dim)
+        c = F.silu(self.sigma_map(sigma.reshape(-1).expand(batch), x.dtype))  # (B, cond_dim)
         if position_ids is None:
             position_ids = torch.arange(length, device=x.device).expand(batch, length)
         rotary = self.rotary_emb(position_ids)
