@@ -166,7 +166,7 @@ def test_a_folder_in_the_llm_adapters_layout_evaluates_every_task_of_the_three_s
 def test_every_task_has_its_yaml_files():
     for spec in TASKS.values():
         assert (TASKS_DIR / f"dllm_peft_{spec.name}.yaml").is_file()
-        assert (TASKS_DIR / f"dllm_peft_{spec.name}_mc.yaml").is_file() == (spec.suite == "commonsense")
+        assert (TASKS_DIR / f"dllm_peft_{spec.name}_mc.yaml").is_file() == (spec.suite in ("commonsense", "classification"))
 
 
 def test_suites_expand_to_the_paper_s_tasks_once_each():

@@ -7,6 +7,10 @@ a copy of it all work. GSM8K may also come as `gsm8k/test.jsonl` (OpenAI's relea
 schema). Without `--data-dir`, GSM8K, HumanEval and MBPP come from the Hugging Face hub; the LLM-Adapters-only sets
 need the folder.
 
+SST-2 and AG News are TSV files in their GLUE / AG News layouts (`data/classification.py`): `sst2/dev.tsv` (GLUE's
+labelled validation split) with few-shot examples from `sst2/train.tsv`, and `agnews/test.tsv` with few-shot examples
+from `agnews/train.tsv` or `agnews/train-subset.tsv`; they need `--data-dir`.
+
 Every document holds `prompt` (what the model is given), `target` (a reference response: the few-shot target and
 what an oracle answers) and `answer` (the gold value that is scored). Commonsense documents add the multiple-choice
 view parsed from the LLM-Adapters instruction (`context`, `choices`, `label`); code documents add `program_prefix`,
@@ -22,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..data.classification import read_classification_tsv
 from ..data.records import prompt_response_pairs
 from ..data.tasks import task_records
 from ..errors import DllmPeftError
@@ -34,6 +39,12 @@ HUMANEVAL_FILES = ("HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl.gz", "data/H
 MBPP_FILES = ("mbpp.jsonl", "mbpp/mbpp.jsonl", "dataset/mbpp.jsonl")
 MBPP_TEST_IDS, MBPP_PROMPT_IDS = range(11, 511), range(1, 11)  # the official split of the 974 problems
 BUILTIN_TEST_SIZE, BUILTIN_FEWSHOT_SIZE = 256, 16
+CLASSIFICATION_FILES = {  # task → (test files, few-shot files), relative to --data-dir, first found wins
+    "sst2": (("sst2/dev.tsv", "SST-2/dev.tsv", "glue_data/SST-2/dev.tsv"),
+             ("sst2/train.tsv", "SST-2/train.tsv", "glue_data/SST-2/train.tsv")),
+    "agnews": (("agnews/test.tsv", "ag_news/test.tsv"),
+               ("agnews/train.tsv", "agnews/train-subset.tsv", "ag_news/train.tsv")),
+}
 
 OPTION_MARK = re.compile(r"\b(?:answer|solution|ending|option)\s?(\d)\s*:\s*", re.IGNORECASE)
 ANSWER_FORMAT = re.compile(r"\s*Answer format:.*$", re.DOTALL)
@@ -60,6 +71,8 @@ def _load(spec: TaskSpec, data_dir: str | None, fewshot: bool) -> Documents:
         return {"test": test, "train": test}
     if spec.name == "mbpp":
         return _mbpp_documents(data_dir)
+    if spec.suite == "classification":
+        return _classification_documents(spec, data_dir, fewshot)
     if spec.name == "gsm8k" and data_dir is None:
         return _gsm8k_hub_documents()
     test_file = _require_local_file(spec, data_dir)
@@ -108,11 +121,16 @@ def _local_file(spec: TaskSpec, data_dir: str) -> Path | None:
         return _find(data_dir, HUMANEVAL_FILES)
     if spec.name == "mbpp":
         return _find(data_dir, MBPP_FILES)
+    if spec.suite == "classification":
+        return _find(data_dir, CLASSIFICATION_FILES[spec.name][0])
     found = _find(data_dir, tuple(str(Path(base) / spec.folder / "test.json") for base in LLM_ADAPTERS_ROOTS))
     return found if found is not None or spec.name != "gsm8k" else _find(data_dir, GSM8K_JSONL)
 
 
 def _require_local_file(spec: TaskSpec, data_dir: str | None) -> Path:
+    if data_dir is None and spec.suite == "classification":
+        raise DllmPeftError(f"task {spec.name} reads {CLASSIFICATION_FILES[spec.name][0][0]}; pass --data-dir with "
+                            "the folder that holds it (GLUE SST-2 / AG News TSV layout)")
     if data_dir is None:
         raise DllmPeftError(
             f"task {spec.name} reads the LLM-Adapters file {spec.folder}/test.json; pass --data-dir with the "
@@ -121,7 +139,8 @@ def _require_local_file(spec: TaskSpec, data_dir: str | None) -> Path:
     found = _local_file(spec, data_dir)
     if found is None:
         root = Path(data_dir)
-        expected = {"humaneval": root / HUMANEVAL_FILES[0], "mbpp": root / MBPP_FILES[0]}.get(spec.name)
+        expected = {"humaneval": root / HUMANEVAL_FILES[0], "mbpp": root / MBPP_FILES[0],
+                    **{name: root / files[0][0] for name, files in CLASSIFICATION_FILES.items()}}.get(spec.name)
         layout = "" if expected else " (LLM-Adapters layout)"
         expected = expected or root / "dataset" / spec.folder / "test.json"
         also = f" or {root / GSM8K_JSONL[0]}" if spec.name == "gsm8k" else ""
@@ -264,3 +283,16 @@ def _mbpp_documents(data_dir: str | None) -> Documents:
     test = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS] or rows  # a file of the test split alone
     prompt_rows = [row for row in rows if row.get("task_id") in MBPP_PROMPT_IDS] or test
     return {"test": [_mbpp_document(r) for r in test], "train": [_mbpp_document(r) for r in prompt_rows]}
+
+
+def _classification_document(record: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": record["prompt"], "target": record["response"], "answer": record["answer"],
+            "context": record["prompt"], "choices": list(get_task(record["task"]).labels), "label": record["label"]}
+
+
+def _classification_documents(spec: TaskSpec, data_dir: str | None, fewshot: bool) -> Documents:
+    test_file = _require_local_file(spec, data_dir)
+    test = [_classification_document(record) for record in read_classification_tsv(test_file)]
+    train_file = _find(data_dir, CLASSIFICATION_FILES[spec.name][1]) if fewshot else None
+    train = [_classification_document(r) for r in read_classification_tsv(train_file)] if train_file else test
+    return {"test": test, "train": train}
