@@ -7,6 +7,11 @@ a copy of it all work. GSM8K may also come as `gsm8k/test.jsonl` (OpenAI's relea
 schema). Without `--data-dir`, GSM8K, HumanEval and MBPP come from the Hugging Face hub; the LLM-Adapters-only sets
 need the folder.
 
+HellaSwag and BoolQ may also come in their Hugging Face schemas, as `hellaswag/validation.jsonl.gz` (`ctx`, `endings`,
+`label`) and `boolq/validation.jsonl.gz` (`question`, `passage`, `answer`: BoolQ *with* its passages), used when the
+LLM-Adapters file is absent; their rows are written as LLM-Adapters instructions (same answer labels) and as the
+multiple-choice view.
+
 SST-2 and AG News are TSV files in their GLUE / AG News layouts (`data/classification.py`): `sst2/dev.tsv` (GLUE's
 labelled validation split) with few-shot examples from `sst2/train.tsv`, and `agnews/test.tsv` with few-shot examples
 from `agnews/train.tsv` or `agnews/train-subset.tsv`; they need `--data-dir`.
@@ -39,6 +44,10 @@ HUMANEVAL_FILES = ("HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl.gz", "data/H
 MBPP_FILES = ("mbpp.jsonl", "mbpp/mbpp.jsonl", "dataset/mbpp.jsonl")
 MBPP_TEST_IDS, MBPP_PROMPT_IDS = range(11, 511), range(1, 11)  # the official split of the 974 problems
 BUILTIN_TEST_SIZE, BUILTIN_FEWSHOT_SIZE = 256, 16
+HF_COMMONSENSE_FILES = {  # task → its Hugging Face validation split as JSON lines, when no LLM-Adapters file exists
+    "hellaswag": ("hellaswag/validation.jsonl.gz", "hellaswag/validation.jsonl"),
+    "boolq": ("boolq/validation.jsonl.gz", "boolq/validation.jsonl"),
+}
 CLASSIFICATION_FILES = {  # task → (test files, few-shot files), relative to --data-dir, first found wins
     "sst2": (("sst2/dev.tsv", "SST-2/dev.tsv", "glue_data/SST-2/dev.tsv"),
              ("sst2/train.tsv", "SST-2/train.tsv", "glue_data/SST-2/train.tsv")),
@@ -76,6 +85,9 @@ def _load(spec: TaskSpec, data_dir: str | None, fewshot: bool) -> Documents:
     if spec.name == "gsm8k" and data_dir is None:
         return _gsm8k_hub_documents()
     test_file = _require_local_file(spec, data_dir)
+    if spec.name in HF_COMMONSENSE_FILES and test_file.name.startswith("validation.jsonl"):
+        test = [_hf_commonsense_document(spec, row, f"{test_file}:{n}") for n, row in enumerate(_read_jsonl(test_file))]
+        return {"test": test, "train": test}
     if test_file.suffix == ".jsonl":  # OpenAI's GSM8K release
         return _gsm8k_jsonl_documents(test_file, fewshot)
     train_file = test_file.with_name("train.json")
@@ -124,6 +136,8 @@ def _local_file(spec: TaskSpec, data_dir: str) -> Path | None:
     if spec.suite == "classification":
         return _find(data_dir, CLASSIFICATION_FILES[spec.name][0])
     found = _find(data_dir, tuple(str(Path(base) / spec.folder / "test.json") for base in LLM_ADAPTERS_ROOTS))
+    if found is None and spec.name in HF_COMMONSENSE_FILES:
+        return _find(data_dir, HF_COMMONSENSE_FILES[spec.name])
     return found if found is not None or spec.name != "gsm8k" else _find(data_dir, GSM8K_JSONL)
 
 
@@ -296,3 +310,28 @@ def _classification_documents(spec: TaskSpec, data_dir: str | None, fewshot: boo
     train_file = _find(data_dir, CLASSIFICATION_FILES[spec.name][1]) if fewshot else None
     train = [_classification_document(r) for r in read_classification_tsv(train_file)] if train_file else test
     return {"test": test, "train": train}
+
+
+def _hf_commonsense_document(spec: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A Hugging Face HellaSwag or BoolQ row as an LLM-Adapters-style document (answer `endingN` / `true|false`)."""
+    try:
+        if spec.name == "hellaswag":
+            endings = [str(ending) for ending in row["endings"]]
+            label = int(row["label"])
+            context = f"{row.get('activity_label', '')}: {row['ctx']}".lstrip(": ")
+            options = " ".join(f"Ending{i}: {ending}" for i, ending in enumerate(endings, start=1))
+            prompt = (f"Please choose the correct ending to complete the given sentence: {context}\n\n{options}\n\n"
+                      f"Answer format: {'/'.join(spec.labels[: len(endings)])}")
+            choices = endings
+        else:
+            label = 0 if bool(row["answer"]) else 1  # spec.labels = (true, false)
+            question = str(row["question"]).rstrip("?")
+            context = f"{row['passage']}\nQuestion: {question}?"
+            prompt = (f"Please answer the following question with true or false, based on the passage.\n"
+                      f"Passage: {row['passage']}\nQuestion: {question}?\n\nAnswer format: true/false")
+            choices = list(spec.labels)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DllmPeftError(f"{where}: not a Hugging Face {spec.name} row ({type(error).__name__}: {error})") from None
+    answer = spec.labels[label]
+    return {"prompt": prompt, "answer": answer, "target": f"the correct answer is {answer}",
+            "context": f"{context}\nAnswer:" if spec.name == "boolq" else context, "choices": choices, "label": label}
