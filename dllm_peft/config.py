@@ -160,6 +160,8 @@ class TrainConfig:
 REMASKING = ("low_confidence", "random")
 CACHES = ("none", "prefix", "dual")
 EOS_SUPPRESSION = ("none", "logits", "confidence")
+SCHEDULES = ("auto", "llada", "dream")
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +188,26 @@ class SamplerConfig:
         "none", "none; logits (EOS/EoT are never generated); confidence (EOS/EoT are committed last in a block)."
     )
     stop_at_eos: bool = option(True, "Stop a sequence once a finished block holds EOS/EoT; the rest becomes EOS.")
+    schedule: str = option(
+        "auto", "Commit schedule: llada (blocks, tokens per step), dream (Dream's diffusion_generate), or auto (dream "
+        "for Dream checkpoints, llada otherwise)."
+    )
+    alg: str = option("entropy", "With --schedule dream: origin, maskgit_plus, topk_margin or entropy (Dream's alg).")
+    alg_temp: float | None = option(None, "With --schedule dream: sample the positions to commit at this temperature.")
+    top_p: float | None = option(None, "With --schedule dream: nucleus filtering of the token distribution.")
+    top_k: int | None = option(None, "With --schedule dream: keep the k most likely tokens.")
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise DllmPeftError(f"unknown --schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.alg not in DREAM_ALGS:
+            raise DllmPeftError(f"unknown --alg {self.alg!r}; choose one of: {', '.join(DREAM_ALGS)}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise DllmPeftError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise DllmPeftError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.alg_temp is not None and self.alg_temp < 0:
+            raise DllmPeftError(f"--alg-temp must be at least 0, got {self.alg_temp}")
         if self.gen_length < 1 or self.steps < 1 or self.block_length < 1:
             raise DllmPeftError("--gen-length, --steps and --block-length must be at least 1")
         if self.gen_length % self.block_length:

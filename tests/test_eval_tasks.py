@@ -166,7 +166,7 @@ def test_a_folder_in_the_llm_adapters_layout_evaluates_every_task_of_the_three_s
 def test_every_task_has_its_yaml_files():
     for spec in TASKS.values():
         assert (TASKS_DIR / f"dllm_peft_{spec.name}.yaml").is_file()
-        assert (TASKS_DIR / f"dllm_peft_{spec.name}_mc.yaml").is_file() == (spec.suite == "commonsense")
+        assert (TASKS_DIR / f"dllm_peft_{spec.name}_mc.yaml").is_file() == (spec.suite in ("commonsense", "classification"))
 
 
 def test_suites_expand_to_the_paper_s_tasks_once_each():
@@ -195,3 +195,20 @@ def test_without_data_dir_an_unreachable_hub_is_one_sentence(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DllmPeftError, match="could not load openai/gsm8k from the Hugging Face hub"):
         load_documents("gsm8k", None)
+
+
+def test_hellaswag_and_boolq_read_their_hugging_face_schemas(tmp_path):
+    import gzip
+
+    rows = {"hellaswag": {"activity_label": "Cooking", "ctx": "She cracks an egg. she", "endings": ["a", "b", "c", "d"],
+                          "label": "2"},
+            "boolq": {"question": "is water wet", "passage": "Water is a liquid.", "answer": True}}
+    for task, row in rows.items():
+        (tmp_path / task).mkdir()
+        with gzip.open(tmp_path / task / "validation.jsonl.gz", "wt", encoding="utf-8") as stream:
+            stream.write(json.dumps(row) + "\n")
+    hellaswag = load_documents("hellaswag", str(tmp_path))["test"][0]
+    assert hellaswag["answer"] == "ending3" and hellaswag["label"] == 2 and hellaswag["choices"] == ["a", "b", "c", "d"]
+    assert "Ending3: c" in hellaswag["prompt"] and hellaswag["prompt"].endswith("ending1/ending2/ending3/ending4")
+    boolq = load_documents("boolq", str(tmp_path))["test"][0]
+    assert boolq["answer"] == "true" and "Passage: Water is a liquid." in boolq["prompt"] and boolq["label"] == 0

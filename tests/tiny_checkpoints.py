@@ -3,7 +3,10 @@
 Each writer returns the source model (to compare logits with) and leaves a directory that `load_backbone` must read
 offline: LLaDA in the reference layout (LLaDA field names, OLMo leftovers, `auto_map` to remote code that is absent,
 three safetensors shards + index), Dream in Qwen2 layout with Dream's config fields and its custom-tokenizer entry,
-BERT and RoBERTa masked LMs, and a toy dLLM that ships its own code (`auto_map`).
+BERT and RoBERTa masked LMs, a toy dLLM that ships its own code (`auto_map`), and the time-conditioned DiTs: MDLM in
+the layout of `kuleshov-group/mdlm-owt` (hub config keys, `model.safetensors` under `backbone.`) and SEDD in the
+layout of `louaaron/sedd-small` (Hydra run config, `pytorch_model.bin` with unprefixed keys). The DiT folders hold
+the byte tokenizer (mask = last row, as with GPT-2 + the authors' mask) unless asked to hold none, as on the hub.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ from transformers import (
     dynamic_module_utils,
 )
 
+from dllm_peft.models.backbone import Backbone
+from dllm_peft.models.byte_tokenizer import ByteTokenizer
+from dllm_peft.models.dit import DiTConfig
 from dllm_peft.models.dream import DreamConfig, DreamModel
 from dllm_peft.models.llada import LLaDAModelLM, tiny_llada_config
+from dllm_peft.models.mdlm import DIT_TARGETS, MDLMModel
+from dllm_peft.models.sedd import SEDDModel
 
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat red blue green one two three four five".split()
 TEXTS = ["the quick brown fox", "a lazy dog sat on the mat", "one two three four five", "red blue green cat"]
@@ -232,3 +240,96 @@ def write_remote(directory: Path, seed: int = 0) -> None:
         shapes |= {f"{name}.weight": (16, 16), f"{name}.bias": (16,)}
     state = {name: torch.randn(shape, generator=generator) * 0.3 for name, shape in shapes.items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+# Key names of the DiT shared by MDLM and SEDD, as the authors' checkpoints hold them (MDLM: under `backbone.`).
+DIT_BLOCK_KEYS = ("norm1.weight", "attn_qkv.weight", "attn_out.weight", "norm2.weight", "mlp.0.weight", "mlp.0.bias",
+                  "mlp.2.weight", "mlp.2.bias", "adaLN_modulation.weight", "adaLN_modulation.bias")
+DIT_TOP_KEYS = ("vocab_embed.embedding", "sigma_map.mlp.0.weight", "sigma_map.mlp.0.bias", "sigma_map.mlp.2.weight",
+                "sigma_map.mlp.2.bias", "rotary_emb.inv_freq", "output_layer.norm_final.weight",
+                "output_layer.linear.weight", "output_layer.linear.bias", "output_layer.adaLN_modulation.weight",
+                "output_layer.adaLN_modulation.bias")
+DIT_SIZE = dict(hidden_size=32, cond_dim=16, n_heads=4, n_blocks=2)
+
+
+def dit_reference_keys(n_blocks: int, prefix: str = "") -> set[str]:
+    blocks = {f"{prefix}blocks.{i}.{name}" for i in range(n_blocks) for name in DIT_BLOCK_KEYS}
+    return blocks | {prefix + name for name in DIT_TOP_KEYS}
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Trained-looking weights: the authors zero-initialise adaLN and the output layer, which would hide σ."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(1 + 0.1 * noise if name.endswith(("norm1.weight", "norm2.weight", "norm_final.weight"))
+                            else noise / max(parameter.shape[-1], 1) ** 0.5)
+
+
+def _dit_tokenizer(directory: Path, with_tokenizer: bool) -> int:
+    """Save the byte tokenizer (bytes, EOS 256; mask = row 257, the last) unless the folder should hold none."""
+    if with_tokenizer:
+        ByteTokenizer().save_pretrained(directory)
+    return ByteTokenizer().eos_token_id + 1  # the authors' `tokens`: the vocabulary without the mask row
+
+
+def tiny_dit(kind: str, seed: int = 0, time_conditioning: bool = True) -> Backbone:
+    """A tiny MDLM or SEDD built in memory (the folders' weights for the same seed) with the byte tokenizer."""
+    config = DiTConfig(model_type=kind, vocab_size=ByteTokenizer().eos_token_id + 2, model_length=128, **DIT_SIZE)
+    model = (MDLMModel(config, time_conditioning) if kind == "mdlm" else SEDDModel(config, scale_by_sigma=True)).eval()
+    _randomize(model, seed)
+    tokenizer = ByteTokenizer()
+    return Backbone(model=model, tokenizer=tokenizer, mask_id=model.mask_id, eos_id=tokenizer.eos_token_id,
+                    name=f"tiny-{kind}", default_targets=DIT_TARGETS, max_length=128)
+
+
+def write_mdlm(directory: Path, seed: int = 0, time_conditioning: bool = True, with_tokenizer: bool = True) -> MDLMModel:
+    """kuleshov-group/mdlm-owt at toy size: its config.json keys and a model.safetensors keyed `backbone.…`."""
+    directory.mkdir(parents=True)
+    tokens = _dit_tokenizer(directory, with_tokenizer)
+    model = tiny_dit("mdlm", seed, time_conditioning).model
+    reference = {
+        "architectures": ["MDLM"], "model_type": "mdlm", "return_dict": False, "torch_dtype": "float32",
+        "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+        "hidden_dim": DIT_SIZE["hidden_size"], "cond_dim": DIT_SIZE["cond_dim"], "n_blocks": DIT_SIZE["n_blocks"],
+        "n_heads": DIT_SIZE["n_heads"], "dropout": 0.1, "model_length": 128, "vocab_size": tokens + 1,
+        "time_conditioning": time_conditioning, "transformers_version": "4.44.2",
+    }
+    (directory / "config.json").write_text(json.dumps(reference, indent=2))
+    state = model.state_dict()
+    assert set(state) == dit_reference_keys(DIT_SIZE["n_blocks"], "backbone.")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    return model
+
+
+def write_sedd(directory: Path, seed: int = 0, with_tokenizer: bool = True, safetensors: bool = False) -> SEDDModel:
+    """louaaron/sedd-small at toy size: the Hydra run config as config.json and a pickled pytorch_model.bin."""
+    directory.mkdir(parents=True)
+    tokens = _dit_tokenizer(directory, with_tokenizer)
+    model = tiny_dit("sedd", seed).model
+    reference = {
+        "ngpus": 1, "tokens": tokens,
+        "training": {"batch_size": 512, "accum": 1, "n_iters": 1300001, "snapshot_freq": 50000, "log_freq": 50,
+                     "eval_freq": 100, "snapshot_freq_for_preemption": 10000, "weight": "standard",
+                     "snapshot_sampling": True, "ema": 0.9999},
+        "data": {"train": "openwebtext", "valid": "wikitext103", "cache_dir": "data"},
+        "graph": {"type": "absorb", "file": "data", "report_all": False},
+        "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20},
+        "sampling": {"predictor": "euler", "steps": 128, "noise_removal": True},
+        "eval": {"batch_size": 512, "perplexity": True, "perplexity_batch_size": 32},
+        "optim": {"weight_decay": 0, "optimizer": "AdamW", "lr": 3e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                  "warmup": 2500, "grad_clip": 1.0},
+        "model": {"name": "small", "type": "ddit", "hidden_size": DIT_SIZE["hidden_size"],
+                  "cond_dim": DIT_SIZE["cond_dim"], "length": 128, "n_blocks": DIT_SIZE["n_blocks"],
+                  "n_heads": DIT_SIZE["n_heads"], "scale_by_sigma": True, "dropout": 0.1},
+    }
+    (directory / "config.json").write_text(json.dumps(reference, indent=2))
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    assert set(state) == dit_reference_keys(DIT_SIZE["n_blocks"])
+    if safetensors:
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(state, directory / "pytorch_model.bin")  # a plain dict of tensors, as the authors' hub upload
+    return model

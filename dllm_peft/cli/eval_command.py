@@ -67,6 +67,11 @@ def eval_command(
         S.eos_suppression, help=f"{H('eos_suppression')} One of: {', '.join(EOS_SUPPRESSION)}."
     ),
     stop_at_eos: bool = typer.Option(S.stop_at_eos, help=H("stop_at_eos")),
+    schedule: str = typer.Option(S.schedule, help=H("schedule")),
+    alg: str = typer.Option(S.alg, help=H("alg")),
+    alg_temp: float = typer.Option(None, help=H("alg_temp")),
+    top_p: float = typer.Option(None, help=H("top_p")),
+    top_k: int = typer.Option(None, help=H("top_k")),
 ) -> None:
     """Evaluate a model or adapter (with its base) on tasks: commonsense, math, code, arc, or single tasks."""
     flags = {name: value for name, value in locals().items() if name != "ctx"}

@@ -59,6 +59,11 @@ def sample_command(
     entropy_bound: float = typer.Option(None, help=H("entropy_bound")),
     eos_suppression: str = typer.Option(D.eos_suppression, help=H("eos_suppression")),
     stop_at_eos: bool = typer.Option(D.stop_at_eos, help=H("stop_at_eos")),
+    schedule: str = typer.Option(D.schedule, help=H("schedule")),
+    alg: str = typer.Option(D.alg, help=H("alg")),
+    alg_temp: float = typer.Option(None, help=H("alg_temp")),
+    top_p: float = typer.Option(None, help=H("top_p")),
+    top_k: int = typer.Option(None, help=H("top_k")),
 ) -> None:
     """Generate text with the masked-diffusion sampler (live view in a terminal; JSONL with --output)."""
     flags = dict(locals())

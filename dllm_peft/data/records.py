@@ -3,7 +3,9 @@
 Sources (`read_records`): `builtin:<task>` (generated in code, `data/tasks.py`), a JSONL file (one object per
 line), a JSON file holding an array of objects, a local Hugging Face `datasets` directory (written by
 `save_to_disk`, or a folder of data files) or a hub dataset name when the machine is online. Records use `prompt` /
-`response` fields by default; the LLM-Adapters layout (`instruction`, `input`, `output`) is recognised on its own.
+`response` fields by default; the LLM-Adapters layout (`instruction`, `input`, `output`) is recognised on its own, and
+a `.tsv` file in the GLUE SST-2 (`sentence<TAB>label`) or AG News (`text<TAB>label`) layout becomes prompt/response
+records through the documented template and label words (`classification.py`).
 
 As in LLaDA's SFT (and the NaRA recipes): the prompt goes through the tokenizer's chat template when it has one, the
 response ends with EOS, and EOS padding is part of the response region, so the model learns to fill the tail of a
@@ -27,6 +29,7 @@ import torch
 
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from .classification import read_classification_tsv
 from .tasks import task_records
 
 BUILTIN_PREFIX = "builtin:"
@@ -73,6 +76,8 @@ def read_records(source: str, split: str = "train") -> list[dict[str, Any]]:
     """The records of `source` (see the module docstring); `split` picks the split of built-in tasks and datasets."""
     if source.startswith(BUILTIN_PREFIX):
         records = task_records(source[len(BUILTIN_PREFIX) :], split)
+    elif Path(source).is_file() and Path(source).suffix == ".tsv":
+        records = read_classification_tsv(Path(source))
     elif Path(source).is_file():
         records = read_json_records(Path(source))
     elif Path(source).is_dir():

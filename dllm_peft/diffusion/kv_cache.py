@@ -101,9 +101,9 @@ class BlockDenoiser:
         block = torch.arange(start, end, device=canvas.device)  # (L,) the only positions scored: the LM head runs there
         with noise_level(self.backbone.model, level):
             if self.cache == "none":
-                return self.backbone.logits(canvas, mask, keep=block, **positions)
+                return self.backbone.logits(canvas, mask, keep=block, noise_level=level, **positions)
             if refresh_due:
-                logits, fresh = self._logits_and_cache(canvas, mask, positions, block)
+                logits, fresh = self._logits_and_cache(canvas, mask, positions, block, level)
                 self._store(fresh, rows)
                 return logits
             stop = canvas.shape[1] if self.cache == "prefix" else end
@@ -111,13 +111,19 @@ class BlockDenoiser:
                 canvas[:, start:stop],
                 mask,  # the computed positions attend over the whole canvas
                 keep=block - start,  # the block leads the computed slice
+                noise_level=level,
                 past_key_values=self._rows_of_cache(rows),
                 cache_positions=slice(start, stop),
                 **{name: value[:, start:stop] for name, value in positions.items()},
             )
 
     def _logits_and_cache(
-        self, canvas: torch.Tensor, mask: torch.Tensor, positions: dict[str, torch.Tensor], keep: torch.Tensor
+        self,
+        canvas: torch.Tensor,
+        mask: torch.Tensor,
+        positions: dict[str, torch.Tensor],
+        keep: torch.Tensor,
+        level: torch.Tensor,
     ) -> tuple[torch.Tensor, KVCache]:
         """A full forward that also returns the K/V of every position (captured from the model's output)."""
         captured: list[KVCache] = []
@@ -125,7 +131,7 @@ class BlockDenoiser:
             lambda module, args, output: captured.append(list(output.past_key_values))
         )
         try:
-            logits = self.backbone.logits(canvas, mask, keep=keep, use_cache=True, **positions)
+            logits = self.backbone.logits(canvas, mask, keep=keep, use_cache=True, noise_level=level, **positions)
         finally:
             hook.remove()
         return logits, captured[0]

@@ -108,7 +108,8 @@ def _weighted_losses(
     """
     device = backbone.device
     with routed_noise_level(backbone.model, noise_level):
-        logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device))
+        logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device),
+                                 noise_level=noise_level)
     rows, cols = masked.nonzero(as_tuple=True)  # (N,), (N,)
     token_loss = F.cross_entropy(logits[rows, cols].float(), clean_ids[rows, cols].to(device), reduction="none")
     summed = torch.zeros(noised_ids.shape[0], device=device).index_add(0, rows.to(device), token_loss)  # (B,)
@@ -260,7 +261,7 @@ def _shared_row_losses(backbone: Backbone, members: list[_Row], sequences: list[
     column[keep] = torch.arange(keep.numel())
     with routed_noise_level(backbone.model, noise_level):
         logits = backbone.logits(noised_ids.to(device), None if attention_mask is None else attention_mask.to(device),
-                                 keep=keep)  # (B, K, V)
+                                 keep=keep, noise_level=noise_level)  # (B, K, V)
     rows, cols = masked.nonzero(as_tuple=True)  # (N,), (N,): every masked position of the pass
     log_probs = torch.log_softmax(logits[rows.to(device), column[cols].to(device)].float(), dim=-1).cpu()  # (N, V)
     entry = torch.full(masked.shape, -1, dtype=torch.long)  # (B, T): row of log_probs, or -1
@@ -288,8 +289,9 @@ def greedy_matches(backbone: Backbone, prompt_ids: Sequence[int], answer_ids: Se
     canvas = torch.tensor([[*prompt_ids] + [backbone.mask_id] * answer_length], device=backbone.device)  # (1, T)
     for step in range(answer_length):
         still_masked = canvas[0] == backbone.mask_id  # (T,)
-        with routed_noise_level(backbone.model, (answer_length - step) / answer_length):
-            logits = backbone.logits(canvas)[0, still_masked].float()  # (M, V)
+        level = (answer_length - step) / answer_length
+        with routed_noise_level(backbone.model, level):
+            logits = backbone.logits(canvas, noise_level=level)[0, still_masked].float()  # (M, V)
         confidence, tokens = torch.softmax(logits, dim=-1).max(dim=-1)  # (M,), (M,)
         best = confidence.argmax()
         canvas[0, still_masked.nonzero()[best]] = tokens[best]

@@ -56,7 +56,7 @@ def masked_diffusion_loss(
 
     # 2. denoise every masked position in one pass, at each example's own noise level
     with routed_noise_level(backbone.model, noised.noise_level):
-        logits = backbone.logits(noised.input_ids, attention_mask)  # (B, T, V)
+        logits = backbone.logits(noised.input_ids, attention_mask, noise_level=noised.noise_level)  # (B, T, V)
 
     # 3. cross-entropy at the masked positions only (keeps the (N, V) float32 copy small for large vocabularies)
     rows, cols = noised.masked.nonzero(as_tuple=True)  # (N,), (N,)

@@ -21,6 +21,9 @@ may reuse cached K/V (`kv_cache.py`). Where the reference has sharp edges, we di
 * `stop_at_eos`: a sequence stops after a finished block holds EOS/EoT and the rest of its response becomes EOS.
   Committed tokens never change, so its tokens before the first EOS are the ones the full run would give.
 
+`--schedule dream` (the default for Dream checkpoints) runs Dream's own `diffusion_generate` instead
+(`dream_sampler.py`), one prompt at a time; its result has the same form.
+
 Randomness, per sequence and step (the test's reference loop draws the same): with `temperature > 0`, uniform noise
 of shape (block_length, V) in float64 for the Gumbel-max; then with `remasking = random`, (block_length,) uniforms.
 """
@@ -36,6 +39,7 @@ import torch
 from ..config import SamplerConfig
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from .dream_sampler import dream_generate
 from .kv_cache import BlockDenoiser
 from .unmasking import (
     entropy_bounded_positions,
@@ -77,6 +81,8 @@ def sample(
         A `SampleResult`; `canvas` is (B, P + gen_length) with the prompts left-padded to the longest, P.
     """
     check_prompts(backbone, prompts, config)
+    if uses_dream_schedule(backbone, config):
+        return _dream_sample(backbone, prompts, config, _per_prompt_generators(generator, len(prompts)), on_step)
     started = time.perf_counter()
     device, mask_id = backbone.device, backbone.mask_id
     count, gen_length, block_length = len(prompts), config.gen_length, config.block_length
@@ -142,6 +148,45 @@ def sample(
     stop_set = set(stop_ids.tolist())
     tokens = [_cut_at_stop(ids, stop_set) for ids in canvas[:, prompt_length:].tolist()]
     return SampleResult(tokens, canvas, steps_run.tolist(), prompt_length, seconds, decoded, denoiser.forward_passes)
+
+
+def uses_dream_schedule(backbone: Backbone, config: SamplerConfig) -> bool:
+    """Whether `config` asks for Dream's schedule on `backbone` (auto: for Dream checkpoints, told by their shifted
+    logits); refuses LLaDA-only options with it in one sentence."""
+    dream = config.schedule == "dream" or (config.schedule == "auto" and backbone.shift_logits)
+    llada_only = {"--cfg-scale": config.cfg_scale > 0, "--threshold": config.threshold is not None,
+                  "--entropy-bound": config.entropy_bound is not None, "--cache": config.cache != "none"}
+    given = [flag for flag, used in llada_only.items() if used]
+    if dream and given:
+        raise DllmPeftError(
+            f"{', '.join(given)} belong(s) to LLaDA's schedule, but this run uses Dream's (--schedule "
+            f"{config.schedule}); pass --schedule llada to use them"
+        )
+    return dream
+
+
+def _dream_sample(
+    backbone: Backbone,
+    prompts: list[list[int]],
+    config: SamplerConfig,
+    generators: list[torch.Generator | None],
+    on_step: Callable[[torch.Tensor, int], None] | None,
+) -> SampleResult:
+    """Dream's `diffusion_generate` per prompt, gathered into a left-padded `SampleResult`."""
+    started = time.perf_counter()
+    longest = max(len(prompt) for prompt in prompts)
+    canvas = torch.full((len(prompts), longest + config.gen_length), backbone.eos_id, dtype=torch.long)
+    seconds = []
+    for row, (prompt, generator) in enumerate(zip(prompts, generators)):
+        canvas[row, longest - len(prompt):] = dream_generate(backbone, prompt, config, generator).cpu()
+        seconds.append(time.perf_counter() - started)
+    if on_step is not None:
+        on_step(canvas, config.steps)
+    stop_set = set(stop_token_ids(backbone))
+    tokens = [_cut_at_stop(ids, stop_set) for ids in canvas[:, longest:].tolist()]
+    count = len(prompts)
+    return SampleResult(tokens, canvas, [config.steps] * count, longest, seconds, [config.gen_length] * count,
+                        config.steps * count)
 
 
 def _step(

@@ -1,7 +1,9 @@
 """The task catalogue: every task `dllm-peft eval` knows, the suite aliases, and how a name becomes lm-eval tasks.
 
 Suites follow the NaRA paper (which follows LLM-Adapters): eight commonsense tasks, seven math word-problem sets and
-two code sets, plus the built-in tasks of `data/tasks.py`. Each task maps to one YAML task shipped in
+two code sets, plus the built-in tasks of `data/tasks.py` and the classification tasks of the LoRA-Diffusion paper
+(SST-2, AG News: `data/classification.py`; multiple choice over the label words, or generative with the first label
+word of the response as the answer). Each task maps to one YAML task shipped in
 `evaluation/tasks/` (named `dllm_peft_<task>`, and `dllm_peft_<task>_mc` for the multiple-choice protocol of a
 commonsense task over the same file). Without `--data-dir`, the multiple-choice protocol uses lm-eval's own task and
 its hub dataset instead (`arc_easy`, `boolq`, `social_iqa`, ...).
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..data.classification import CLASSIFICATION_TASKS
 from ..data.tasks import TASKS as BUILTIN_TASKS
 from ..errors import DllmPeftError
 
@@ -23,7 +26,7 @@ PROTOCOLS = ("generative", "mc")
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     name: str
-    suite: str  # commonsense | math | code | builtin
+    suite: str  # commonsense | math | code | classification | builtin
     folder: str | None = None  # LLM-Adapters folder under dataset/
     labels: tuple[str, ...] = ()  # commonsense: the answer labels of the test file, in option order
     stock_task: str | None = None  # commonsense: lm-eval's own multiple-choice task (hub data)
@@ -64,6 +67,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("singleeq", "math", "SingleEq", answer_kind="number", max_gen_toks=256),
         TaskSpec("humaneval", "code", answer_kind="code", max_gen_toks=512),
         TaskSpec("mbpp", "code", answer_kind="code", max_gen_toks=512),
+        *(TaskSpec(name, "classification", labels=task.labels, answer_kind="label", max_gen_toks=8)
+          for name, task in CLASSIFICATION_TASKS.items()),
         *(TaskSpec(name, "builtin", answer_kind="exact", max_gen_toks=32) for name in BUILTIN_TASKS),
     )
 }
@@ -73,6 +78,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "commonsense": ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"),
     "math": ("gsm8k", "svamp", "aqua", "mawps", "addsub", "multiarith", "singleeq"),
     "code": ("humaneval", "mbpp"),
+    "classification": tuple(CLASSIFICATION_TASKS),
 }
 
 
@@ -100,6 +106,8 @@ def lm_eval_task(spec: TaskSpec, protocol: str, local_data: bool) -> str:
     """The lm-eval task that evaluates `spec` under `protocol`; `local_data`: a --data-dir was given."""
     if protocol not in PROTOCOLS:
         raise DllmPeftError(f"unknown --protocol {protocol!r}; choose generative or mc")
+    if protocol == "mc" and spec.suite == "classification":
+        return f"{TASK_PREFIX}{spec.name}_mc"
     if protocol == "mc" and spec.suite == "commonsense":
         return f"{TASK_PREFIX}{spec.name}_mc" if local_data else spec.stock_task
     return f"{TASK_PREFIX}{spec.name}"

@@ -7,6 +7,15 @@ a copy of it all work. GSM8K may also come as `gsm8k/test.jsonl` (OpenAI's relea
 schema). Without `--data-dir`, GSM8K, HumanEval and MBPP come from the Hugging Face hub; the LLM-Adapters-only sets
 need the folder.
 
+HellaSwag and BoolQ may also come in their Hugging Face schemas, as `hellaswag/validation.jsonl.gz` (`ctx`, `endings`,
+`label`) and `boolq/validation.jsonl.gz` (`question`, `passage`, `answer`: BoolQ *with* its passages), used when the
+LLM-Adapters file is absent; their rows are written as LLM-Adapters instructions (same answer labels) and as the
+multiple-choice view.
+
+SST-2 and AG News are TSV files in their GLUE / AG News layouts (`data/classification.py`): `sst2/dev.tsv` (GLUE's
+labelled validation split) with few-shot examples from `sst2/train.tsv`, and `agnews/test.tsv` with few-shot examples
+from `agnews/train.tsv` or `agnews/train-subset.tsv`; they need `--data-dir`.
+
 Every document holds `prompt` (what the model is given), `target` (a reference response: the few-shot target and
 what an oracle answers) and `answer` (the gold value that is scored). Commonsense documents add the multiple-choice
 view parsed from the LLM-Adapters instruction (`context`, `choices`, `label`); code documents add `program_prefix`,
@@ -22,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..data.classification import read_classification_tsv
 from ..data.records import prompt_response_pairs
 from ..data.tasks import task_records
 from ..errors import DllmPeftError
@@ -34,6 +44,16 @@ HUMANEVAL_FILES = ("HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl.gz", "data/H
 MBPP_FILES = ("mbpp.jsonl", "mbpp/mbpp.jsonl", "dataset/mbpp.jsonl")
 MBPP_TEST_IDS, MBPP_PROMPT_IDS = range(11, 511), range(1, 11)  # the official split of the 974 problems
 BUILTIN_TEST_SIZE, BUILTIN_FEWSHOT_SIZE = 256, 16
+HF_COMMONSENSE_FILES = {  # task → its Hugging Face validation split as JSON lines, when no LLM-Adapters file exists
+    "hellaswag": ("hellaswag/validation.jsonl.gz", "hellaswag/validation.jsonl"),
+    "boolq": ("boolq/validation.jsonl.gz", "boolq/validation.jsonl"),
+}
+CLASSIFICATION_FILES = {  # task → (test files, few-shot files), relative to --data-dir, first found wins
+    "sst2": (("sst2/dev.tsv", "SST-2/dev.tsv", "glue_data/SST-2/dev.tsv"),
+             ("sst2/train.tsv", "SST-2/train.tsv", "glue_data/SST-2/train.tsv")),
+    "agnews": (("agnews/test.tsv", "ag_news/test.tsv"),
+               ("agnews/train.tsv", "agnews/train-subset.tsv", "ag_news/train.tsv")),
+}
 
 OPTION_MARK = re.compile(r"\b(?:answer|solution|ending|option)\s?(\d)\s*:\s*", re.IGNORECASE)
 ANSWER_FORMAT = re.compile(r"\s*Answer format:.*$", re.DOTALL)
@@ -60,9 +80,14 @@ def _load(spec: TaskSpec, data_dir: str | None, fewshot: bool) -> Documents:
         return {"test": test, "train": test}
     if spec.name == "mbpp":
         return _mbpp_documents(data_dir)
+    if spec.suite == "classification":
+        return _classification_documents(spec, data_dir, fewshot)
     if spec.name == "gsm8k" and data_dir is None:
         return _gsm8k_hub_documents()
     test_file = _require_local_file(spec, data_dir)
+    if spec.name in HF_COMMONSENSE_FILES and test_file.name.startswith("validation.jsonl"):
+        test = [_hf_commonsense_document(spec, row, f"{test_file}:{n}") for n, row in enumerate(_read_jsonl(test_file))]
+        return {"test": test, "train": test}
     if test_file.suffix == ".jsonl":  # OpenAI's GSM8K release
         return _gsm8k_jsonl_documents(test_file, fewshot)
     train_file = test_file.with_name("train.json")
@@ -108,11 +133,18 @@ def _local_file(spec: TaskSpec, data_dir: str) -> Path | None:
         return _find(data_dir, HUMANEVAL_FILES)
     if spec.name == "mbpp":
         return _find(data_dir, MBPP_FILES)
+    if spec.suite == "classification":
+        return _find(data_dir, CLASSIFICATION_FILES[spec.name][0])
     found = _find(data_dir, tuple(str(Path(base) / spec.folder / "test.json") for base in LLM_ADAPTERS_ROOTS))
+    if found is None and spec.name in HF_COMMONSENSE_FILES:
+        return _find(data_dir, HF_COMMONSENSE_FILES[spec.name])
     return found if found is not None or spec.name != "gsm8k" else _find(data_dir, GSM8K_JSONL)
 
 
 def _require_local_file(spec: TaskSpec, data_dir: str | None) -> Path:
+    if data_dir is None and spec.suite == "classification":
+        raise DllmPeftError(f"task {spec.name} reads {CLASSIFICATION_FILES[spec.name][0][0]}; pass --data-dir with "
+                            "the folder that holds it (GLUE SST-2 / AG News TSV layout)")
     if data_dir is None:
         raise DllmPeftError(
             f"task {spec.name} reads the LLM-Adapters file {spec.folder}/test.json; pass --data-dir with the "
@@ -121,7 +153,8 @@ def _require_local_file(spec: TaskSpec, data_dir: str | None) -> Path:
     found = _local_file(spec, data_dir)
     if found is None:
         root = Path(data_dir)
-        expected = {"humaneval": root / HUMANEVAL_FILES[0], "mbpp": root / MBPP_FILES[0]}.get(spec.name)
+        expected = {"humaneval": root / HUMANEVAL_FILES[0], "mbpp": root / MBPP_FILES[0],
+                    **{name: root / files[0][0] for name, files in CLASSIFICATION_FILES.items()}}.get(spec.name)
         layout = "" if expected else " (LLM-Adapters layout)"
         expected = expected or root / "dataset" / spec.folder / "test.json"
         also = f" or {root / GSM8K_JSONL[0]}" if spec.name == "gsm8k" else ""
@@ -264,3 +297,41 @@ def _mbpp_documents(data_dir: str | None) -> Documents:
     test = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS] or rows  # a file of the test split alone
     prompt_rows = [row for row in rows if row.get("task_id") in MBPP_PROMPT_IDS] or test
     return {"test": [_mbpp_document(r) for r in test], "train": [_mbpp_document(r) for r in prompt_rows]}
+
+
+def _classification_document(record: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": record["prompt"], "target": record["response"], "answer": record["answer"],
+            "context": record["prompt"], "choices": list(get_task(record["task"]).labels), "label": record["label"]}
+
+
+def _classification_documents(spec: TaskSpec, data_dir: str | None, fewshot: bool) -> Documents:
+    test_file = _require_local_file(spec, data_dir)
+    test = [_classification_document(record) for record in read_classification_tsv(test_file)]
+    train_file = _find(data_dir, CLASSIFICATION_FILES[spec.name][1]) if fewshot else None
+    train = [_classification_document(r) for r in read_classification_tsv(train_file)] if train_file else test
+    return {"test": test, "train": train}
+
+
+def _hf_commonsense_document(spec: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A Hugging Face HellaSwag or BoolQ row as an LLM-Adapters-style document (answer `endingN` / `true|false`)."""
+    try:
+        if spec.name == "hellaswag":
+            endings = [str(ending) for ending in row["endings"]]
+            label = int(row["label"])
+            context = f"{row.get('activity_label', '')}: {row['ctx']}".lstrip(": ")
+            options = " ".join(f"Ending{i}: {ending}" for i, ending in enumerate(endings, start=1))
+            prompt = (f"Please choose the correct ending to complete the given sentence: {context}\n\n{options}\n\n"
+                      f"Answer format: {'/'.join(spec.labels[: len(endings)])}")
+            choices = endings
+        else:
+            label = 0 if bool(row["answer"]) else 1  # spec.labels = (true, false)
+            question = str(row["question"]).rstrip("?")
+            context = f"{row['passage']}\nQuestion: {question}?"
+            prompt = (f"Please answer the following question with true or false, based on the passage.\n"
+                      f"Passage: {row['passage']}\nQuestion: {question}?\n\nAnswer format: true/false")
+            choices = list(spec.labels)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DllmPeftError(f"{where}: not a Hugging Face {spec.name} row ({type(error).__name__}: {error})") from None
+    answer = spec.labels[label]
+    return {"prompt": prompt, "answer": answer, "target": f"the correct answer is {answer}",
+            "context": f"{context}\nAnswer:" if spec.name == "boolq" else context, "choices": choices, "label": label}

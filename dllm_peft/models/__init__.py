@@ -4,11 +4,12 @@ Built-in names are models constructed in code (no download): `tiny-llada` is a r
 with a byte tokenizer, for tests and quick trials; `dllm-tiny` (`default.py`) is the small pretrained denoiser
 shipped inside the package, the default `--model`. Everything else is a checkpoint directory on disk, loaded offline
 (`checkpoint_dir.py` says where it is and what it holds): LLaDA and Dream on our native classes (`llada.py`,
-`dream.py`, no remote code), masked LMs through `AutoModelForMaskedLM` (`masked_lm.py`), and other dLLMs through
+`dream.py`, no remote code), the time-conditioned DiTs MDLM and SEDD on ours too (`mdlm.py`, `sedd.py`, `dit.py`),
+masked LMs through `AutoModelForMaskedLM` (`masked_lm.py`), and other dLLMs through
 the code they ship, only with `trust_remote_code`.
 
 Default adapter targets are the attention projections of each architecture, as in the NaRA recipes (LLaDA: q_proj,
-k_proj, v_proj, attn_out; Dream/Qwen2: q_proj, k_proj, v_proj, o_proj; BERT: query, key, value and the attention
+k_proj, v_proj, attn_out; Dream/Qwen2: q_proj, k_proj, v_proj, o_proj; MDLM/SEDD: attn_qkv, attn_out; BERT: query, key, value and the attention
 output); for remote code, the first of these naming schemes that the model's linear layers follow.
 
 May import: the shared leaves (`errors`, `atomic`, `config`) only; every other layer builds on this one.
@@ -30,6 +31,7 @@ from ..errors import DllmPeftError
 from .backbone import Backbone
 from .byte_tokenizer import ByteTokenizer
 from .checkpoint_dir import (
+    DIT_FAMILIES,
     Family,
     architecture_family,
     load_tokenizer,
@@ -41,10 +43,12 @@ from .checkpoint_dir import (
 from .default import DEFAULT_MODEL_NAME, dllm_tiny
 from .dream import DREAM_TARGETS, DreamModel
 from .llada import LLADA_TARGETS, LLaDAModelLM
+from .mdlm import DIT_TARGETS, load_mdlm
+from .sedd import load_sedd
 from .masked_lm import MASKED_LM_TARGET_SETS, load_masked_lm, masked_lm_max_length
 from .targets import resolve_targets
 
-KNOWN_TARGET_SETS = (LLADA_TARGETS, DREAM_TARGETS, *MASKED_LM_TARGET_SETS)
+KNOWN_TARGET_SETS = (LLADA_TARGETS, DREAM_TARGETS, DIT_TARGETS, *MASKED_LM_TARGET_SETS)
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
@@ -130,6 +134,8 @@ def _load_checkpoint(
 ) -> Backbone:
     config = read_model_config(directory)
     family = architecture_family(config, directory, trust_remote_code)
+    if family in DIT_FAMILIES:
+        return _load_dit(directory, name, family, config, dtype, device)
     if not any(any(directory.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise DllmPeftError(f"{directory} holds no weights (*.safetensors); pass the directory the model was saved to")
     # Shards are read one at a time into an empty (meta) model, in the target dtype and, with device_map, straight
@@ -159,6 +165,26 @@ def _load_checkpoint(
         default_targets=_default_targets(model, family),
         shift_logits=family == "dream",
         max_length=_max_length(model, family),
+    )
+
+
+def _load_dit(
+    directory: Path, name: str, family: Family, config: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> Backbone:
+    """MDLM or SEDD: our DiT with the authors' weights, the tokenizer placed beside them (GPT-2's), mask id V − 1."""
+    with _quiet_transformers():
+        tokenizer = load_tokenizer(directory, family, trust_remote_code=False)
+    model = (load_mdlm if family == "mdlm" else load_sedd)(directory, config, dtype, device)
+    # GPT-2 declares no mask token; the id is the model's last row whatever the tokenizer says
+    _, eos_id = special_token_ids(tokenizer, {"mask_token_id": model.mask_id}, directory, model.config.vocab_size)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        mask_id=model.mask_id,
+        eos_id=eos_id,
+        name=name,
+        default_targets=DIT_TARGETS,
+        max_length=model.config.model_length,
     )
 
 

@@ -3,6 +3,11 @@
 Everything that differs between dLLM families is settled here once: the mask and EOS ids come from the tokenizer
 (never hard-coded), and `logits` undoes Dream-style shifted logits so that, for every backbone, position i of the
 returned tensor scores the token at position i.
+
+The noise level reaches the model here too. Every caller (loss, validation, sampler, likelihood) passes λ, the masked
+fraction of each row, as `noise_level`; a time-conditioned model (MDLM, SEDD: `model.takes_sigma`) receives
+σ = −log(1 − λ) (`dit.sigma_from_noise_level`), every other model ignores it. (Noise-aware adapters get the same λ
+through `diffusion.conditioning.noise_level`.)
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .dit import noise_level_of, sigma_from_noise_level
 
 
 @dataclasses.dataclass
@@ -34,6 +41,7 @@ class Backbone:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
+        noise_level: torch.Tensor | float | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Denoiser logits aligned with the input.
@@ -45,9 +53,16 @@ class Backbone:
                 LLaDA and Dream classes) then run the LM head on those positions only (a (B, T, 126k) tensor is
                 gigabytes at LLaDA-8B's vocabulary), unless something hooks the head's input (LoRA-Diffusion's
                 adapter and router read every position there); otherwise the full logits are indexed.
+            noise_level: (B,) or one λ, the masked fraction of each row; a time-conditioned model is given
+                σ = −log(1 − λ). None: λ is read off the input (its share of mask tokens among the real ones).
         Returns:
             (B, T, V) logits, or (B, K, V) with `keep`; row i scores the token at position i (at keep[i]).
         """
+        if getattr(self.model, "takes_sigma", False):
+            if noise_level is None:
+                noise_level = noise_level_of(input_ids, self.mask_id, attention_mask)
+            level = torch.as_tensor(noise_level, dtype=torch.float32, device=input_ids.device).reshape(-1)
+            kwargs["sigma"] = sigma_from_noise_level(level.expand(input_ids.shape[0]))  # (B,)
         head_only_there = False
         if keep is not None:
             source = (keep - 1).clamp(min=0) if self.shift_logits else keep  # (K,) the model's rows for them

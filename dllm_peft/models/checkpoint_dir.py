@@ -7,6 +7,8 @@ name (`org/name`) that is already in the Hugging Face cache; nothing is download
 Architectures (`Family`), decided from `config.json` alone:
   * `llada` and `dream` run on our native classes (`llada.py`, `dream.py`) although their configs carry an
     `auto_map` to the authors' remote code: that code is never needed and never run, with or without the flag;
+  * `mdlm` (model_type "mdlm", with an `auto_map` that is never run) and `sedd` (the authors' Hydra config, no
+    model_type) run on our native DiT (`mdlm.py`, `sedd.py`); neither ships a tokenizer: GPT-2's goes in the folder;
   * `masked_lm`: every model type transformers can load with `AutoModelForMaskedLM` (BERT, RoBERTa, ModernBERT, …);
   * `remote`: any other checkpoint that ships its own code (`auto_map`) — only with `trust_remote_code`, because
     that code is Python from the checkpoint directory running with the user's rights.
@@ -32,8 +34,11 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from ..errors import DllmPeftError
 from .byte_tokenizer import TOKENIZER_FILE, ByteTokenizer
 from .dream import DREAM_TOKENIZER_CLASS, is_dream_model_type
+from .mdlm import is_mdlm_config
+from .sedd import is_sedd_config
 
-Family = Literal["llada", "dream", "masked_lm", "remote"]
+Family = Literal["llada", "dream", "mdlm", "sedd", "masked_lm", "remote"]
+DIT_FAMILIES = ("mdlm", "sedd")  # time-conditioned DiTs; their mask id is the last row, vocab_size − 1
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
@@ -81,6 +86,10 @@ def read_model_config(directory: Path) -> dict[str, Any]:
 def architecture_family(config: dict[str, Any], directory: Path, trust_remote_code: bool) -> Family:
     """Which loader runs this checkpoint; refuses remote code unless `trust_remote_code` (the remote-code policy)."""
     model_type = config.get("model_type")
+    if is_sedd_config(config):
+        return "sedd"
+    if is_mdlm_config(config):
+        return "mdlm"
     if model_type == "llada":
         return "llada"
     if is_dream_model_type(model_type):
@@ -124,7 +133,14 @@ def load_tokenizer(directory: Path, family: Family, trust_remote_code: bool):
             return ByteTokenizer.from_pretrained(directory)
         except ValueError as error:
             raise DllmPeftError(f"{error}; rewrite it with ByteTokenizer().save_pretrained") from None
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+    has_tokenizer = any((directory / name).is_file() for name in TOKENIZER_FILES)
+    if not has_tokenizer and family in DIT_FAMILIES:
+        raise DllmPeftError(
+            f"{directory} holds no tokenizer, and {family.upper()} checkpoints ship none: the authors use GPT-2's, so "
+            "copy GPT-2's tokenizer files into it (`hf download gpt2 tokenizer.json tokenizer_config.json vocab.json "
+            f"merges.txt --local-dir {directory}`)"
+        )
+    if not has_tokenizer:
         raise DllmPeftError(
             f"{directory} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the base model's tokenizer files "
             "into it"

@@ -92,7 +92,7 @@ def train_router(
         counts = torch.where(whole, lengths, draw_mask_counts(lengths, generator))
         noised = forward_process(batch.input_ids, batch.response_mask, counts, backbone.mask_id, generator)
         with adapter.recording() as weights, noise_level(backbone.model, noised.noise_level):
-            backbone.logits(noised.input_ids, batch.attention_mask)
+            backbone.logits(noised.input_ids, batch.attention_mask, noise_level=noised.noise_level)
         loss = F.nll_loss(weights[0].clamp(min=1e-12).log(), task.to(weights[0].device))
         loss.backward()
         optimizer.step()
