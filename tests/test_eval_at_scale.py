@@ -41,7 +41,7 @@ def test_a_task_length_that_fills_the_window_is_capped_with_one_notice_and_the_p
     config = small_window._fitted_config({"max_gen_toks": 64}, len(small_window.backbone.encode(long_prompt)))
     assert (config.gen_length, config.block_length, config.steps) == (32, 32, 32)  # half the window for the prompt
     short = small_window._fitted_config({"max_gen_toks": 64}, 10)
-    assert short.gen_length == 54  # a short prompt keeps all its tokens, the generation takes the rest
+    assert short.gen_length == 32  # a short prompt keeps all its tokens; the generation, whole 32s of the rest
     responses = small_window.generate_until([generate(long_prompt, 64), generate("Q: 1 + 1?", 64)])
     assert all(isinstance(text, str) for text in responses)
     assert len(notices) == 1 and "context is 64 tokens" in notices[0]
@@ -135,3 +135,17 @@ def test_two_processes_score_each_document_once_and_equal_one_process(tmp_path):
         expected = {row["doc_id"]: [[str(value) for value in responses[0]] if isinstance(responses[0], tuple)
                                     else responses[0] for responses in row["resps"]] for row in rows}
         assert two[task] == expected
+
+
+def test_the_harness_names_the_base_model_when_only_an_adapter_is_given(tmp_path, backbone):
+    from dllm_peft.adapters.base import inject
+    from dllm_peft.adapters.files import save_adapter
+    from dllm_peft.adapters.registry import build_adapter_config, get_method
+    from dllm_peft.evaluation.__main__ import with_base_model
+
+    inject(backbone.model, build_adapter_config("lora", rank=2), get_method("lora").layer_class,
+           backbone.default_targets)
+    save_adapter(backbone, tmp_path / "adapter")
+    adapter = tmp_path / "adapter"
+    assert with_base_model(f"adapter={adapter},mc_num=8") == f"pretrained=tiny-llada,adapter={adapter},mc_num=8"
+    assert with_base_model(f"pretrained=x,peft={adapter}") == f"pretrained=x,peft={adapter}"

@@ -14,7 +14,8 @@ The three request types, following LLaDA's `eval_llada.py`:
 Fitting the context window (`max_length`, the model's context): a prompt keeps its last tokens (few-shot examples
 go before the question does). When the task's `max_gen_toks` leaves a prompt less than half the window, the
 generation of that prompt is capped so that the prompt keeps `min(its length, half the window)` tokens, rounded
-down to whole `block_length` blocks if one was set, with `steps` scaled alike; one notice per task group says so.
+down to whole `block_length` blocks if one was set (else to a multiple of 32 tokens, so that prompts of similar
+lengths share batches), with `steps` scaled alike; one notice per task group says so.
 A `gen_length` the user set is never changed: if it leaves no room for a prompt, the run is refused.
 
 Data parallel: under `accelerate launch` or `torchrun` (WORLD_SIZE > 1) the model joins the process group (gloo on
@@ -61,6 +62,7 @@ from .progress import PlainProgress
 SAMPLER_FIELDS = tuple(field.name for field in dataclasses.fields(SamplerConfig))
 DEFAULT_CONTEXT = 4096
 MIN_PROMPT_SHARE = 2  # a capped generation leaves a prompt up to 1/2 of the context window
+GEN_QUANTUM = 32  # capped lengths are whole multiples of this, so prompts of similar lengths share batches
 Progress = Callable[[str, int, int], None]  # (request type, done, total)
 logger = logging.getLogger(__name__)
 
@@ -302,7 +304,8 @@ class DllmPeftLM(LM):
             return config
         blocks = config.gen_length // config.block_length
         user_block = "block_length" in self.sampler_settings
-        gen_length = (room // config.block_length) * config.block_length if user_block else room
+        quantum = config.block_length if user_block else min(GEN_QUANTUM, room)
+        gen_length = (room // quantum) * quantum
         if gen_length < 1:
             raise DllmPeftError(
                 f"--block-length {config.block_length} does not fit the model's context of {context} tokens beside "
