@@ -228,6 +228,7 @@ class DllmPeftLM(LM):
             self._report(kind, done[0], total)
 
         pairs = [(self._fit(prompt, len(answer)), answer) for prompt, answer in pairs]
+        self._report(kind, 0, len(pairs))  # starts the clock of the time-remaining estimate
         return log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed, on_rows)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -262,6 +263,7 @@ class DllmPeftLM(LM):
             key = (json.dumps([stops] if isinstance(stops, str) else stops), config)
             groups.setdefault(key, []).append((index, self._fit(prompt_ids, config.gen_length)))
         done = 0
+        self._report("generate_until", 0, len(requests))  # starts the clock of the time-remaining estimate
         for (stops_json, config), members in groups.items():
             stops = json.loads(stops_json)
             for start in range(0, len(members), self.batch_size):
