@@ -347,6 +347,9 @@ class EvalConfig:
         "generative", "Commonsense tasks: generative (LLM-Adapters, as the NaRA paper) or mc (lm-eval log-likelihood)."
     )
     output: str | None = option(None, "Write the results JSON here, and the Markdown table beside it (.md).")
+    log_samples: bool = option(
+        False, "With --output: also write every document's prompt, target, response and score, one JSON line each."
+    )
     allow_code_execution: bool = option(False, "Run generated code (code tasks) in the sandbox; off by default.")
     compare_base: bool = option(True, "With --adapter: also evaluate the base model, in the same run and table.")
     mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol).")

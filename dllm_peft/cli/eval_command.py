@@ -2,16 +2,19 @@
 
 Flags → `EvalConfig` (what to evaluate) whose `sampler` holds the sampler flags the user typed (`SamplerConfig`
 fields; untyped lengths follow each task) → `evaluate()` → a rich table on stdout, progress bars on stderr, and with
-`--output` the results JSON plus a Markdown table beside it.
+`--output` the results JSON plus a Markdown table beside it (`--log-samples`: per-document JSON lines too).
+On a terminal the bars show done/total, elapsed and remaining time; in a log (stderr not a terminal) a plain line
+per few percent or minute says the same. Under `accelerate launch` only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..config import (
@@ -22,7 +25,8 @@ from ..config import (
     SamplerConfig,
     help_for,
 )
-from ..evaluation.evaluate import EvalProgress, EvalResults, evaluate
+from ..evaluation.evaluate import EvalProgress, EvalResults, evaluate, samples_path
+from ..evaluation.progress import PlainProgress
 from .app import app
 from .console import err, out
 
@@ -44,6 +48,7 @@ def eval_command(
     num_fewshot: int = typer.Option(E.num_fewshot, help=H("num_fewshot")),
     protocol: str = typer.Option(E.protocol, help=H("protocol")),
     output: str = typer.Option(None, help=H("output"), show_default=False),
+    log_samples: bool = typer.Option(E.log_samples, help=H("log_samples")),
     allow_code_execution: bool = typer.Option(E.allow_code_execution, help=H("allow_code_execution")),
     compare_base: bool = typer.Option(E.compare_base, help=H("compare_base")),
     mc_num: int = typer.Option(E.mc_num, help=H("mc_num")),
@@ -78,9 +83,13 @@ def eval_command(
     typed_sampler = {name: value for name, value in flags.items() if name in SAMPLER_FIELDS and _typed(ctx, name)}
     config = EvalConfig(sampler=typed_sampler, **{k: v for k, v in flags.items() if k not in SAMPLER_FIELDS})
     results = _run(config)
+    if not results.runs:  # another process of a data-parallel run: rank 0 reports
+        return
     out.print(results_table(results))
     if config.output:
         out.print(f"  wrote {config.output} and {Path(config.output).with_suffix('.md')}")
+    if results.samples:
+        out.print(f"  wrote per-document samples to {samples_path(Path(config.output), '*', '*').parent}/")
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
@@ -91,11 +100,18 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 def _run(config: EvalConfig) -> EvalResults:
     columns = (TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
     progress = Progress(*columns, console=err, transient=True)
     bars: dict[tuple[str, str], int] = {}
+    plain = None if err.is_terminal else PlainProgress(err.file)
+    rank = int(os.environ.get("RANK", "0"))
 
     def on_progress(update: EvalProgress) -> None:
+        if rank != 0:
+            return
+        if plain is not None:  # a log file: a line per few percent or minute
+            plain(f"{update.run} {update.kind}", update.done, update.total)
+            return
         key = (update.run, update.kind)
         if not bars:
             progress.start()  # only once work runs: an early error is then printed alone
@@ -104,8 +120,11 @@ def _run(config: EvalConfig) -> EvalResults:
             bars[key] = progress.add_task(f"{update.run} · {update.kind} ({unit})", total=update.total)
         progress.update(bars[key], completed=update.done, total=update.total)
 
+    def on_notice(text: str) -> None:
+        (progress.console if bars else err).print(f"[yellow]note:[/] {text}")
+
     try:
-        return evaluate(config, on_progress)
+        return evaluate(config, on_progress, on_notice)
     finally:
         if bars:
             progress.stop()

@@ -51,6 +51,13 @@ def extract_line(response: str) -> str:
     return next((line.strip() for line in response.splitlines() if line.strip()), "")
 
 
+def extract_answer(response: str, answer_kind: str, labels: tuple[str, ...] = ()) -> str | float | None:
+    """What `is_correct` compares with the gold answer (for per-sample logs); code: the program's text."""
+    extractors = {"label": lambda text: extract_label(text, labels), "number": extract_number,
+                  "letter": extract_letter, "exact": extract_line, "code": extract_code}
+    return extractors[answer_kind](response) if answer_kind in extractors else None
+
+
 def is_correct(doc: dict[str, Any], response: str, answer_kind: str, labels: tuple[str, ...] = ()) -> bool:
     """Whether `response` answers `doc` correctly (every kind but code, which needs the sandbox)."""
     if answer_kind == "label":

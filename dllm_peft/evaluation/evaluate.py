@@ -4,7 +4,13 @@ The engine is lm-eval's: our YAML tasks (`evaluation/tasks`, plus lm-eval's own 
 from the hub) are loaded by a `TaskManager` and run by `lm_eval.evaluator.evaluate` on a `DllmPeftLM`. lm-eval's
 `simple_evaluate` is not used: it would reload the model, query git and print; here one backbone serves the base run
 and, after `load_adapter`, the adapter run, with the same seed. Nothing is printed: lm-eval's logging is held at
-ERROR and its per-task progress bars are switched off while it runs; progress reaches `on_progress` instead.
+ERROR and its per-task progress bars are switched off while it runs; progress reaches `on_progress` instead, and
+notices (a generation capped to fit the model's context) reach `on_notice`.
+
+Under `accelerate launch`/`torchrun` every process runs `evaluate`: lm-eval splits the documents across processes and
+gathers the scores on rank 0, which alone returns the results (and writes the files); the others return no runs.
+With `log_samples`, every document's record (`sample_record`) is written, per run and task, as one JSON line beside
+the results file.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, EvalConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone
-from .catalogue import TASKS_DIR, TaskSpec, expand_tasks, lm_eval_task, stock_task_paths
+from .answers import extract_answer
+from .catalogue import TASKS_DIR, TaskSpec, expand_tasks, get_task, lm_eval_task, stock_task_paths
 from .documents import check_data, source_of
 
 BOOTSTRAP_ITERS = 1000  # stderr of mean metrics is closed-form; this only matters for other aggregations
@@ -57,6 +64,7 @@ class EvalResults:
     settings: dict[str, Any]
     sources: dict[str, str]  # task → where its documents came from
     versions: dict[str, str]
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = dataclasses.field(default_factory=dict)  # run → task → rows
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,9 +96,16 @@ def _percent(score: TaskScore) -> str:
     return f"{100 * score.value:.1f}{spread}"
 
 
-def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | None = None) -> EvalResults:
+def evaluate(
+    config: EvalConfig,
+    on_progress: Callable[[EvalProgress], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> EvalResults:
     """Evaluate `config.model` (and `config.adapter`, with its base when `compare_base`) on `config.tasks`."""
-    from .lm import DllmPeftLM  # imports lm-eval: only when evaluating
+    from .lm import DllmPeftLM, join_process_group  # imports lm-eval: only when evaluating
+
+    if config.log_samples and not config.output:
+        raise DllmPeftError("--log-samples writes the samples beside the results file; pass --output too")
 
     specs = expand_tasks(config.tasks)
     _check_code_execution(specs, config)
@@ -99,11 +114,16 @@ def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | N
             check_data(spec.name, config.data_dir)
     record = read_adapter(config.adapter)[0] if config.adapter else {}
     model = config.model or record.get("base_model") or DEFAULT_MODEL
-    backbone = load_backbone(model, config.dtype, config.device, config.trust_remote_code)
+    device = join_process_group(config.device)  # one process of several: its own GPU
+    backbone = load_backbone(model, config.dtype, device, config.trust_remote_code)
     lm = DllmPeftLM.from_backbone(backbone, config.mc_num, config.batch_size, config.seed, **config.sampler)
+    lm.on_progress = lambda kind, done, total: None  # the core prints nothing: no stderr progress of its own
+    if on_notice is not None:
+        lm.on_notice = on_notice
     apply_chat_template = config.chat_template == "auto" and bool(getattr(backbone.tokenizer, "chat_template", None))
 
     runs: dict[str, dict[str, TaskScore]] = {}
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
     labels = ["adapter"] if config.adapter else ["base"]
     if config.adapter and config.compare_base:
         labels.insert(0, "base")  # the same backbone, before the adapter is loaded into it
@@ -112,9 +132,15 @@ def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | N
             load_adapter(backbone, config.adapter)
             backbone.model.eval()  # the injected layers start in training mode (dropout on)
             lm.adapter = config.adapter
-        lm.on_progress = _reporter(label, on_progress)
-        runs[label] = run_tasks(lm, specs, config, apply_chat_template)
+        if on_progress is not None:
+            lm.on_progress = _reporter(label, on_progress)
+        scores, rows = run_tasks(lm, specs, config, apply_chat_template, with_samples=True)
+        if lm.rank != 0:  # lm-eval gathered this process's scores on rank 0
+            continue
+        runs[label], samples[label] = scores, rows
 
+    if lm.rank != 0:
+        return EvalResults({}, model, config.adapter, {}, {}, {})
     results = EvalResults(
         runs=runs,
         model=model,
@@ -123,6 +149,7 @@ def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | N
                   "apply_chat_template": apply_chat_template},
         sources={spec.name: _source(spec, config) for spec in specs},
         versions=_versions(),
+        samples=samples if config.log_samples else {},
     )
     if config.output:
         write_results(results, Path(config.output))
@@ -136,8 +163,14 @@ def _reporter(run: str, on_progress: Callable[[EvalProgress], None] | None):
     return lambda kind, done, total: on_progress(EvalProgress(run, kind, done, total))
 
 
-def run_tasks(lm, specs: list[TaskSpec], config: EvalConfig, apply_chat_template: bool = False) -> dict[str, TaskScore]:
-    """Run the lm-eval tasks of `specs` on any lm-eval `LM` (tests pass an oracle) and collect the scores."""
+def run_tasks(lm, specs: list[TaskSpec], config: EvalConfig, apply_chat_template: bool = False,
+              with_samples: bool = False):
+    """Run the lm-eval tasks of `specs` on any lm-eval `LM` (tests pass an oracle) and collect the scores.
+
+    Returns:
+        task → score; with `with_samples`, also task → one `sample_record` per document. On a process other than
+        rank 0 of a data-parallel run, empty (lm-eval gathers the scores on rank 0).
+    """
     from lm_eval.evaluator import evaluate as lm_eval_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -158,11 +191,43 @@ def run_tasks(lm, specs: list[TaskSpec], config: EvalConfig, apply_chat_template
             task_dict=loaded,
             limit=config.limit,
             bootstrap_iters=BOOTSTRAP_ITERS,
-            log_samples=False,
+            log_samples=config.log_samples,
             apply_chat_template=apply_chat_template,
             confirm_run_unsafe_code=config.allow_code_execution,
         )
-    return {spec.name: _score(spec, names[spec.name], output) for spec in specs}
+    if output is None:  # rank > 0
+        return ({}, {}) if with_samples else {}
+    scores = {spec.name: _score(spec, names[spec.name], output) for spec in specs}
+    if not with_samples:
+        return scores
+    logged = output.get("samples", {})
+    rows = {spec.name: [sample_record(spec, sample) for sample in logged.get(names[spec.name], [])] for spec in specs}
+    return scores, rows
+
+
+def sample_record(spec: TaskSpec, sample: dict[str, Any]) -> dict[str, Any]:
+    """One document of an lm-eval sample log as a flat record: what was asked, expected, answered and scored."""
+    doc = sample.get("doc", {})
+    record: dict[str, Any] = {"doc_id": sample.get("doc_id"), "prompt": sample["arguments"][0][0],
+                              "target": sample.get("target")}
+    responses = [response[0] if isinstance(response, list) else response for response in sample.get("resps", [])]
+    if sample["arguments"] and len(sample["arguments"][0]) > 1 and isinstance(sample["arguments"][0][1], str):
+        # multiple choice: one log-likelihood request per option
+        options = [arguments[1] for arguments in sample["arguments"]]
+        scores = [float(response[0]) if isinstance(response, (list, tuple)) else float(response)
+                  for response in responses]
+        record["options"] = [{"option": option, "loglikelihood": score} for option, score in zip(options, scores)]
+        record["extracted"] = options[max(range(len(scores)), key=scores.__getitem__)] if scores else None
+    else:
+        generation = responses[0] if responses else ""
+        record["generation"] = generation
+        task = get_task(doc["task"]) if "task" in doc else spec
+        record["extracted"] = extract_answer(generation, task.answer_kind, task.labels)
+        record["answer"] = doc.get("answer")
+    metric = spec.metric if spec.metric in sample else next(
+        (key for key in ("acc", "exact_match", "pass@1") if key in sample), None)
+    record["correct"] = bool(sample[metric]) if metric is not None else None
+    return record
 
 
 def _load_tasks(manager, names: list[str], stock: list[str]) -> dict:
@@ -221,9 +286,19 @@ def _versions() -> dict[str, str]:
 
 
 def write_results(results: EvalResults, path: Path) -> None:
-    """The results JSON at `path` and the Markdown table beside it, both written atomically."""
+    """The results JSON at `path` and the Markdown table beside it, both written atomically; logged samples go to
+    `<path stem>.samples/<run>-<task>.jsonl`, one JSON line per document."""
     atomic_write_bytes(path, (json.dumps(results.to_json(), indent=2) + "\n").encode())
     atomic_write_bytes(path.with_suffix(".md"), results.markdown().encode())
+    for run, tasks in results.samples.items():
+        for task, rows in tasks.items():
+            lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+            atomic_write_bytes(samples_path(path, run, task), lines.encode())
+
+
+def samples_path(results_path: Path, run: str, task: str) -> Path:
+    """Where `write_results` puts the per-document records of one run and task."""
+    return results_path.with_name(f"{results_path.stem}.samples") / f"{run}-{task}.jsonl"
 
 
 @contextlib.contextmanager
