@@ -161,7 +161,8 @@ def _describe(report: TrainReport, settings: TrainConfig) -> str:
     if isinstance(report, CheckpointSaved):
         return f"[dim]saved checkpoint {report.path}[/]"
     if isinstance(report, Resumed):
+        skipped = "".join(f"checkpoint {path} is damaged ({why}), skipped and removed; " for path, why in report.damaged)
         if report.checkpoint is None:
             return "resuming: the run has no checkpoint yet, starting again from step 0"
-        return f"resuming from {report.checkpoint} (step {report.step})"
+        return f"{skipped}resuming from {report.checkpoint} (step {report.step})"
     raise TypeError(f"unknown report {report!r}")
