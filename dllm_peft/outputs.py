@@ -187,6 +187,6 @@ def check_file_outputs(named: Path, companions: list[Path], flag: str, marker: s
 def _holds(path: Path, marker: str) -> bool:
     try:
         with path.open("rb") as stream:
-            return marker.encode() in stream.read(4096)
+            return marker.encode() in stream.read(1 << 20)  # results tables are small
     except OSError:
         return False

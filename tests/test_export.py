@@ -17,6 +17,7 @@ from dllm_peft.adapters.files import save_adapter
 from dllm_peft.adapters.registry import METHODS
 from dllm_peft.config import ExportConfig
 from dllm_peft.models import tiny_llada
+from dllm_peft.outputs import MANIFEST
 
 from .test_merge import logits, random_adapter, refused, run
 
@@ -77,4 +78,4 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     refused(dora, capsys, "not a plain low-rank product, so they have no stock PEFT LoRA form; use `dllm-peft merge`")
     code, out, _ = run([*argv, "--noise-level", "0.5"], capsys)
     assert code in (0, None) and "at λ = 0.5 as a PEFT LoRA (rank 4, 8 modules)" in out
-    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE}
+    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, MANIFEST}

@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..config import ExportConfig
 from ..errors import DllmPeftError
-from .merge import check_output, merge_noise_level, staged_directory
+from ..outputs import check_directory_output, check_output_path, replaced_when_complete
+from .merge import merge_noise_level
 from .summary import AdapterParts, standalone_adapter
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -96,15 +97,16 @@ def peft_lora_config(parts: AdapterParts, ranks: dict[str, int]) -> dict[str, An
 
 def export_adapter(config: ExportConfig) -> ExportResult:
     """Write the adapter of `config.adapter` as a PEFT LoRA directory at `config.output`."""
+    check_output_path(config.output)  # before any work
     parts = standalone_adapter(config.adapter)
     level = merge_noise_level(parts.method, config.noise_level)
     output = Path(config.output)
-    check_output(output, config.overwrite, [Path(config.adapter)])
+    check_directory_output(output, config.overwrite, [Path(config.adapter)], "export")
     tensors, ranks = peft_lora_tensors(parts, level)
     peft_config = peft_lora_config(parts, ranks)
     provenance = {"adapter": str(config.adapter), "method": parts.method.name, "noise_level": level}
     metadata = {"format": "pt", "dllm_peft_export": json.dumps({**provenance, "dllm_peft_version": __version__})}
-    with staged_directory(output) as staging:
+    with replaced_when_complete(output, "export") as staging:
         save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
         (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
     return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"])

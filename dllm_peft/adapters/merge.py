@@ -8,7 +8,8 @@ exactly a LoRA with B' = B·C(λ) (`method-facts.md`); without λ the merge is r
 
 The base model comes from the adapter's recorded `base_model` unless one is given (litgpt reads it from the adapter
 metadata the same way). The checkpoint (sharded safetensors, config, tokenizer, and `merged_from.json` saying what was
-merged at which λ) is written into a staging directory beside the output and renamed into place only when complete.
+merged at which λ) is written into a staging directory beside the output and moved into place only when complete;
+`--overwrite` replaces only the files a merge writes (`outputs.replaced_when_complete`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .. import __version__
 from ..config import MergeConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone
+from ..outputs import check_directory_output, check_output_path, owned_entries, replaced_when_complete
 from .base import adapter_layers, unload
 from .files import config_from_record, load_adapter, read_adapter, weights_path
 from .registry import Method
@@ -82,40 +82,6 @@ def merge_into_base(model: nn.Module, noise_level: float | None) -> int:
     return len(layers)
 
 
-def check_output(output: Path, overwrite: bool, protected: list[Path]) -> None:
-    """Refuse an output that already holds files (unless `overwrite`) or that would replace one of `protected`."""
-    target = output.resolve()
-    for path in protected:
-        if path.exists() and (target == path.resolve() or target in path.resolve().parents):
-            raise DllmPeftError(f"--output {str(output)!r} would replace the input {str(path)!r}; choose another")
-    if output.exists() and not output.is_dir():
-        raise DllmPeftError(f"--output {str(output)!r} is a file; name a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise DllmPeftError(f"--output {str(output)!r} is not empty; pass --overwrite or choose another directory")
-
-
-@contextlib.contextmanager
-def staged_directory(output: Path) -> Iterator[Path]:
-    """A fresh directory beside `output` that replaces it once the block succeeds, and vanishes if it fails.
-
-    A crash therefore leaves either the previous contents of `output` or the complete new ones, never half of both.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if output.exists():
-        previous = output.with_name(staging.name.replace(".tmp", ".old"))
-        output.rename(previous)
-    staging.rename(output)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' shard-writing progress bar: the core never prints, the CLI shows its own status."""
@@ -130,6 +96,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 def merge_adapter(config: MergeConfig) -> MergeResult:
     """Merge the adapter of `config.adapter` into its base and write the checkpoint to `config.output`."""
+    check_output_path(config.output)  # before any work
     adapter_file = weights_path(config.adapter)
     record, _ = read_adapter(adapter_file)
     method, _ = config_from_record(record)
@@ -138,7 +105,7 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
     if not base_model:
         raise DllmPeftError(f"{config.adapter!r} does not record its base model; name it with --model")
     output = Path(config.output)
-    check_output(output, config.overwrite, [Path(config.adapter), Path(base_model)])
+    check_directory_output(output, config.overwrite, [Path(config.adapter), Path(base_model)], "merge")
 
     backbone = load_backbone(base_model, dtype=config.dtype, device=config.device)
     if not hasattr(backbone.model, "save_pretrained"):
@@ -152,9 +119,9 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
         "noise_level": level,
         "dllm_peft_version": __version__,
     }
-    with staged_directory(output) as staging, _quiet_transformers():
+    with replaced_when_complete(output, "merge") as staging, _quiet_transformers():
         backbone.model.save_pretrained(staging, max_shard_size=config.max_shard_size)
         backbone.tokenizer.save_pretrained(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    files = sorted(path.name for path in output.iterdir())
+    files = sorted(owned_entries(output))
     return MergeResult(output, method.name, base_model, level, merged, files)

@@ -25,6 +25,7 @@ from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
 from ..models import load_backbone
 from ..models.backbone import Backbone
+from ..outputs import check_output_path, storage_errors
 from .app import app
 from .console import err, out
 
@@ -64,6 +65,8 @@ def sample_command(
     flags = dict(locals())
     sampler_config = SamplerConfig(**{name: value for name, value in flags.items() if name in SAMPLER_FIELDS})
     config = SampleConfig(**{name: value for name, value in flags.items() if name not in SAMPLER_FIELDS})
+    if config.output is not None:
+        check_output_path(config.output, "--output", "file")  # before any work
     texts = read_prompts(config)
     backbone = _load(config)
     prompts = [backbone.encode(format_prompt(backbone.tokenizer, text, config.chat_template)) for text in texts]
@@ -143,7 +146,8 @@ def _records(backbone: Backbone, texts: list[str], result: SampleResult) -> list
 def _report(config: SampleConfig, records: list[dict]) -> None:
     if config.output is not None:
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        atomic_write_bytes(Path(config.output), lines.encode("utf-8"))
+        with storage_errors(f"writing {config.output}", "free space or choose another --output"):
+            atomic_write_bytes(Path(config.output), lines.encode("utf-8"))
     else:
         for number, record in enumerate(records, start=1):
             if len(records) > 1:

@@ -24,9 +24,11 @@ from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, EvalConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone
+from ..outputs import check_file_outputs, storage_errors
 from .catalogue import TASKS_DIR, TaskSpec, expand_tasks, lm_eval_task, stock_task_paths
 from .documents import check_data, source_of
 
+MARKDOWN_MARKER = "<!-- written by dllm-peft eval -->"  # lets a later --output replace this table, and no other
 BOOTSTRAP_ITERS = 1000  # stderr of mean metrics is closed-form; this only matters for other aggregations
 
 
@@ -80,7 +82,7 @@ class EvalResults:
             if len(scores) == 2:
                 cells.append(f"{100 * (scores[1].value - scores[0].value):+.1f}")
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n\n" + MARKDOWN_MARKER + "\n"
 
 
 def _percent(score: TaskScore) -> str:
@@ -92,6 +94,9 @@ def evaluate(config: EvalConfig, on_progress: Callable[[EvalProgress], None] | N
     """Evaluate `config.model` (and `config.adapter`, with its base when `compare_base`) on `config.tasks`."""
     from .lm import DllmPeftLM  # imports lm-eval: only when evaluating
 
+    if config.output:  # before any work: a result that cannot be written is refused now, not after the run
+        output = Path(config.output)
+        check_file_outputs(output, [output.with_suffix(".md")], "--output", MARKDOWN_MARKER)
     specs = expand_tasks(config.tasks)
     _check_code_execution(specs, config)
     for spec in specs:  # missing files fail now, not after the model has loaded
@@ -222,8 +227,10 @@ def _versions() -> dict[str, str]:
 
 def write_results(results: EvalResults, path: Path) -> None:
     """The results JSON at `path` and the Markdown table beside it, both written atomically."""
-    atomic_write_bytes(path, (json.dumps(results.to_json(), indent=2) + "\n").encode())
-    atomic_write_bytes(path.with_suffix(".md"), results.markdown().encode())
+    advice = "free space or choose another --output"
+    with storage_errors(f"writing {path}", advice):
+        atomic_write_bytes(path, (json.dumps(results.to_json(), indent=2) + "\n").encode())
+        atomic_write_bytes(path.with_suffix(".md"), results.markdown().encode())
 
 
 @contextlib.contextmanager
