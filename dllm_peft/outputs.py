@@ -1,8 +1,8 @@
 """The one "prepare output" rule of every command that writes (train, merge, export, sample, eval, inspect --plot).
 
 1. Check the output path before any work: not under a file, not inside /proc, /sys or /dev, of the right kind (a
-   file where a file is written, a directory where a directory is), and writable (a probe file is created and removed
-   in the nearest existing directory: this catches read-only mounts and permissions, also for root).
+   file where a file is written, a directory where a directory is), and writable (access(2) on the nearest existing
+   directory: permissions and read-only mounts, nothing written).
 2. `--overwrite` replaces only the files the command itself writes. A directory output carries a manifest
    (`.dllm-peft-files.json`) naming the entries the last run of the command wrote; the new result is written into a
    staging directory beside the output and moved in entry by entry only once it is complete, then the entries of the
@@ -93,13 +93,17 @@ def check_output_path(path: str | Path, flag: str = "--output", kind: str = "dir
 
 
 def _probe(directory: Path, flag: str, path: str | Path) -> None:
+    """access(2) answers for this process, read-only mounts included (EROFS), without writing anything."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(directory) else "permission denied"
+        raise DllmPeftError(f"cannot write {flag} {str(path)!r} ({reason} in {str(directory)!r}); choose another")
+
+
+def _read_only(directory: Path) -> bool:
     try:
-        handle, probe = tempfile.mkstemp(dir=directory, prefix=".dllm-peft-probe.")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        reason = storage_reason(error) or error.strerror or type(error).__name__
-        raise DllmPeftError(f"cannot write {flag} {str(path)!r} ({reason} in {str(directory)!r}); choose another") from None
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def owned_entries(output: Path) -> set[str]:

@@ -30,7 +30,7 @@ def test_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path):
     with pytest.raises(DllmPeftError, match="is a directory; name a file"):
         check_output_path(tmp_path, "--output", "file")
     assert check_output_path(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written by the check
 
 
 def test_overwrite_replaces_only_the_entries_the_command_wrote(tmp_path):

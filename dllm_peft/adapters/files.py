@@ -86,7 +86,24 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         record = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError:
         raise DllmPeftError(f"the metadata in {str(file)!r} is not valid JSON; the file is damaged") from None
+    _check_config_file(file.parent / CONFIG_FILE, record)
     return record, tensors
+
+
+def _check_config_file(path: Path, record: dict[str, Any]) -> None:
+    """The weights' own metadata is what loads; an `adapter_config.json` beside them must describe the same adapter."""
+    if not path.is_file():
+        return
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DllmPeftError(f"{str(path)!r} is not valid JSON; delete it (the .safetensors file describes itself)") from None
+    method = written.get("method") if isinstance(written, dict) else None
+    if method != record.get("method"):
+        raise DllmPeftError(
+            f"{str(path)!r} names method {method!r} but {WEIGHTS_FILE} beside it holds a {record.get('method')!r} "
+            "adapter; the directory mixes two adapters: save the adapter again or point at the .safetensors file"
+        )
 
 
 def config_from_record(record: dict[str, Any]):

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, SampleConfig, SamplerConfig, help_for
-from ..data.records import format_prompt, read_json_records
+from ..data.records import format_prompt, read_json_records, read_utf8
 from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
 from ..models import load_backbone
@@ -91,7 +91,7 @@ def read_prompts(config: SampleConfig) -> list[str]:
         records = read_json_records(path)  # the training data's reader: one sentence per malformed line
         prompts = [_prompt_of(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
     else:
-        prompts = path.read_text(encoding="utf-8").rstrip("\r\n").splitlines()
+        prompts = read_utf8(path).rstrip("\r\n").splitlines()
         for number, line in enumerate(prompts, start=1):
             if not line.strip():
                 raise DllmPeftError(f"{path}:{number}: the prompt is empty; remove the blank line")
