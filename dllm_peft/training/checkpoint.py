@@ -146,9 +146,9 @@ def start_run(config: TrainConfig, resuming: bool, damaged: tuple[Path, ...] = (
                 _remove(target)
     for path in damaged:
         shutil.rmtree(path, ignore_errors=True)
-    for name in RUN_OUTPUTS:  # half-written files of a killed atomic write
+    for name in RUN_OUTPUTS:  # half-written files (or staging directories) of a killed atomic write
         for leftover in output.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+            _remove(leftover)
     settings = {**dataclasses.asdict(config), "resume": False, "overwrite": False}
     atomic_write_bytes(output / RUN_FILE, (json.dumps(settings, indent=2) + "\n").encode())
     _remove_partial_checkpoints(output / CHECKPOINTS)
