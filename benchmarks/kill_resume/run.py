@@ -10,7 +10,7 @@ Training runs through `slow_writes.py`, which holds each tensor file at its temp
 kill can land inside a write; it changes timing only.
 
     python benchmarks/kill_resume/run.py            # ≈ 3 min on 2 busy cores
-    python benchmarks/kill_resume/run.py --trials 3
+    python benchmarks/kill_resume/run.py --quick    # 3 trials: a checkpoint write, after the last one, the final write
 
 Writes benchmarks/results/kill_resume.json (or --output) and exits non-zero unless every trial matches.
 """
@@ -47,6 +47,7 @@ TRAIN = [
 # what a trial waits for before it kills; the kinds every run of the benchmark covers
 MOMENTS = ["time", "time", "time", "time", "checkpoint-write", "checkpoint-write", "checkpoint-write",
            "after-last-checkpoint", "final-write", "time-start-up"]
+QUICK_MOMENTS = ["checkpoint-write", "after-last-checkpoint", "final-write"]
 
 
 def command(*extra: str) -> list[str]:
@@ -154,12 +155,12 @@ def compare(output: Path, reference: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=len(MOMENTS))
+    parser.add_argument("--quick", action="store_true", help="3 trials instead of 10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    moments = MOMENTS[: args.trials]
+    moments = QUICK_MOMENTS if args.quick else MOMENTS
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         reference = Path(scratch) / "reference"
