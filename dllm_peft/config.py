@@ -7,7 +7,8 @@ Validation lives in `__post_init__`, with messages that name the bad value and t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import re
 
 from .errors import DllmPeftError
 
@@ -117,12 +118,16 @@ class TrainConfig:
             raise DllmPeftError("neither --max-steps nor --epochs is set; give one of them the length of the run")
         if self.max_steps is not None and self.max_steps < 1:
             raise DllmPeftError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise DllmPeftError(f"--epochs must be positive, got {self.epochs}")
-        if not self.lr > 0:
-            raise DllmPeftError(f"--lr must be positive, got {self.lr}")
-        if self.hypernetwork_lr is not None and not self.hypernetwork_lr > 0:
-            raise DllmPeftError(f"--hypernetwork-lr must be positive, got {self.hypernetwork_lr}")
+        if self.epochs is not None and not 0 < self.epochs < math.inf:
+            raise DllmPeftError(f"--epochs must be a positive finite number, got {self.epochs}")
+        if not 0 < self.lr < math.inf:
+            raise DllmPeftError(f"--lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise DllmPeftError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if not math.isfinite(self.eta):
+            raise DllmPeftError(f"--eta must be a finite number, got {self.eta}")
+        if self.hypernetwork_lr is not None and not 0 < self.hypernetwork_lr < math.inf:
+            raise DllmPeftError(f"--hypernetwork-lr must be a positive finite number, got {self.hypernetwork_lr}")
         if self.resume and self.overwrite:
             raise DllmPeftError("--resume continues the run in --output and --overwrite replaces it; pass only one")
         self.noise_levels  # parses, or names the bad value
@@ -221,13 +226,20 @@ class SamplerConfig:
             raise DllmPeftError(f"unknown --remasking {self.remasking!r}; choose {' or '.join(REMASKING)}")
         if self.cache not in CACHES:
             raise DllmPeftError(f"unknown --cache {self.cache!r}; choose one of: {', '.join(CACHES)}")
-        if self.temperature < 0:
-            raise DllmPeftError(f"--temperature must be at least 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:
+            raise DllmPeftError(f"--temperature must be a finite number of at least 0 (0 = greedy), got {self.temperature}")
+        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise DllmPeftError(f"--cfg-scale must be a finite number of at least 0 (0 = off), got {self.cfg_scale}")
+        if self.threshold is None and self.entropy_bound is None and self.steps > self.gen_length:
+            raise DllmPeftError(
+                f"--steps {self.steps} is more than --gen-length {self.gen_length}: every step commits at least one "
+                f"token; use --steps {self.gen_length} or fewer"
+            )
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise DllmPeftError(f"--threshold must lie in (0, 1], got {self.threshold}")
         if self.cache_refresh < 0:
             raise DllmPeftError(f"--cache-refresh must be at least 0, got {self.cache_refresh}")
-        if self.entropy_bound is not None and not self.entropy_bound > 0:
+        if self.entropy_bound is not None and not 0 < self.entropy_bound < math.inf:
             raise DllmPeftError(f"--entropy-bound must be positive, got {self.entropy_bound}")
         if self.entropy_bound is not None and self.threshold is not None:
             raise DllmPeftError("--threshold and --entropy-bound are two different samplers; pass only one of them")
@@ -238,7 +250,7 @@ class SamplerConfig:
 
 
 def _check_noise_level(noise_level: float | None) -> None:
-    if noise_level is not None and not 0.0 <= noise_level <= 1.0:
+    if noise_level is not None and not 0.0 <= noise_level <= 1.0:  # also refuses nan
         raise DllmPeftError(f"--noise-level must lie in [0, 1] (the masked fraction), got {noise_level}")
 
 
@@ -257,8 +269,14 @@ class MergeConfig:
 
     def __post_init__(self) -> None:
         _check_noise_level(self.noise_level)
+        if not SHARD_SIZE.fullmatch(self.max_shard_size.strip()):
+            raise DllmPeftError(
+                f"--max-shard-size {self.max_shard_size!r} is not a size; write a whole number and a unit, e.g. 5GB, "
+                "500MB or 2GiB"
+            )
 
 
+SHARD_SIZE = re.compile(r"[1-9][0-9]*(GB|MB|KB|GiB|MiB|KiB)", re.IGNORECASE)  # what transformers' save_pretrained reads
 EXPORT_FORMATS = ("peft",)
 
 
@@ -276,6 +294,9 @@ class ExportConfig:
             raise DllmPeftError(f"unknown --format {self.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
 
 
+MAX_LEVELS = 1001  # a step of 0.001 in λ; each level costs an SVD per module
+
+
 @dataclasses.dataclass(frozen=True)
 class InspectConfig:
     adapter: str = option("out", "Adapter to inspect: its directory or its .safetensors file alone.")
@@ -287,8 +308,10 @@ class InspectConfig:
     json: bool = option(False, "Print the report as JSON instead of tables.")
 
     def __post_init__(self) -> None:
-        if self.levels < 2:
-            raise DllmPeftError(f"--levels must be at least 2 (the grid runs from λ = 0 to 1), got {self.levels}")
+        if not 2 <= self.levels <= MAX_LEVELS:
+            raise DllmPeftError(
+                f"--levels must lie in [2, {MAX_LEVELS}] (the grid runs from λ = 0 to 1), got {self.levels}"
+            )
         if self.plot is not None and not self.plot.lower().endswith(".png"):
             raise DllmPeftError(f"--plot {self.plot!r} must name a .png file")
 

@@ -20,6 +20,7 @@ from dllm_peft.adapters.registry import METHODS, build_adapter_config
 from dllm_peft.config import ExportConfig
 from dllm_peft.models import load_backbone, tiny_llada
 from dllm_peft.models.default import SHIPPED_DIR
+from dllm_peft.outputs import MANIFEST
 
 from .conftest import randomize_adapter
 from .test_merge import logits, random_adapter, refused, run
@@ -81,7 +82,7 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     refused(dora, capsys, "not a plain low-rank product, so they have no stock PEFT LoRA form; use `dllm-peft merge`")
     code, out, _ = run([*argv, "--noise-level", "0.5"], capsys)
     assert code in (0, None) and "at λ = 0.5 as a PEFT LoRA (rank 4, 8 modules)" in out
-    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, MODEL_CARD_FILE}
+    assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, MODEL_CARD_FILE, MANIFEST}
 
 
 def default_model_adapter(method: str):

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dllm_peft"
-LEAVES = {"errors", "atomic", "config", "__init__"}
+LEAVES = {"errors", "atomic", "outputs", "config", "__init__"}
 LAYERS = {
     "models": 1, "diffusion": 2, "adapters": 3, "data": 4, "training": 5, "evaluation": 5, "cli": 6, "__main__": 7,
 }

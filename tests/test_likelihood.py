@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from dllm_peft.diffusion import conditioning
 from dllm_peft.adapters.base import inject
 from dllm_peft.adapters.registry import build_adapter_config, get_method
+from dllm_peft.diffusion import conditioning
 from dllm_peft.diffusion.likelihood import (
     PADDING_FRACTION,
     greedy_matches,

@@ -14,7 +14,11 @@ from dllm_peft.data.records import collate
 from dllm_peft.diffusion import kv_cache
 from dllm_peft.diffusion.loss import masked_diffusion_loss
 from dllm_peft.diffusion.sampler import sample
-from dllm_peft.diffusion.schedule import draw_mask_counts, noise_level_grid, sampler_noise_levels
+from dllm_peft.diffusion.schedule import (
+    draw_mask_counts,
+    noise_level_grid,
+    sampler_noise_levels,
+)
 from dllm_peft.models import load_backbone
 from dllm_peft.training.metrics import read_metrics
 from dllm_peft.training.train import train

@@ -182,7 +182,7 @@ def test_inspect_refuses_bad_input_in_one_sentence(saved, tmp_path, capsys):
     refused(["inspect", str(tmp_path / "notes.txt")], capsys, "is not a readable safetensors adapter file")
     unknown = rewritten(path, tmp_path, lambda record, tensors: record.update(method="mystery"))
     refused(["inspect", str(unknown)], capsys, "unknown method 'mystery'; choose one of: lora")
-    refused(["inspect", str(path), "--levels", "1"], capsys, "--levels must be at least 2")
+    refused(["inspect", str(path), "--levels", "1"], capsys, "--levels must lie in [2, 1001]")
     refused(["inspect", str(tmp_path / "missing")], capsys, "does not exist")
     wider = random_adapter("lora", d_model=32)
     save_adapter(wider, tmp_path / "wider")

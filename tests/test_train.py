@@ -116,11 +116,11 @@ def test_every_example_too_long(tmp_path, capsys):
     refused(tmp_path, capsys, ["--data", data, "--max-length", "8"], expected)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_nan_loss_stops_and_saves_no_checkpoint_from_the_diverging_update(tmp_path, capsys):
     argv = ["--lr", "1e30", "--save-every", "1", "--rank", "4", "--max-steps", "20"]
-    text = refused(tmp_path, capsys, argv, "the loss became nan at step 2; lower --lr")
-    assert f"the last good checkpoint is {tmp_path / 'o' / 'checkpoints' / 'step-1'}" in text
-    assert (tmp_path / "o" / "checkpoints" / "step-1" / "dllm_peft_adapter.safetensors").exists()
+    text = refused(tmp_path, capsys, argv, "the loss became nan at step 2, so that step was not applied; lower --lr")
+    assert "no adapter was written" in text  # step 1's update (lr 1e30) led to the NaN: its state is not saved
+    assert not (tmp_path / "o" / "checkpoints" / "step-1").exists()
 
 
 def test_output_holding_a_different_run(tmp_path, capsys):

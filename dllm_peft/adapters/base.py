@@ -28,7 +28,7 @@ from torch import nn
 
 from ..diffusion.conditioning import ROUTER_ATTRIBUTE, NoiseRouter, find_router
 from ..errors import DllmPeftError
-from ..models.targets import linear_layer_names, output_head_name, resolve_targets
+from ..models.targets import linear_layer_names, output_head_name, resolve_targets  # noqa: F401  (re-exported)
 
 CONFIG_ATTRIBUTE = "dllm_peft_config"
 _FROZEN_FLAGS_ATTRIBUTE = "_dllm_peft_requires_grad"

@@ -33,7 +33,8 @@ from .. import __version__
 from ..config import ExportConfig
 from ..errors import DllmPeftError
 from ..models.portable import BaseReference, base_reference
-from .merge import check_output, merge_noise_level, staged_directory
+from ..outputs import check_directory_output, check_output_path, replaced_when_complete
+from .merge import merge_noise_level
 from .peft_import import PEFT_CONFIG_FILE, PEFT_PREFIX, PEFT_WEIGHTS_FILE
 from .summary import AdapterParts, standalone_adapter
 
@@ -169,16 +170,17 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
 
 def export_adapter(config: ExportConfig) -> ExportResult:
     """Write the adapter of `config.adapter` as a PEFT LoRA directory (with a model card) at `config.output`."""
+    check_output_path(config.output)  # before any work
     parts = standalone_adapter(config.adapter)
     level = merge_noise_level(parts.method, config.noise_level)
     output = Path(config.output)
-    check_output(output, config.overwrite, [Path(config.adapter)])
+    check_directory_output(output, config.overwrite, [Path(config.adapter)], "export")
     tensors, ranks = peft_lora_tensors(parts, level)
     base = base_reference(parts.record.get("base_model"))
     peft_config = peft_lora_config(parts, ranks, base)
     provenance = {"adapter": str(config.adapter), "method": parts.method.name, "noise_level": level}
     metadata = {"format": "pt", "dllm_peft_export": json.dumps({**provenance, "dllm_peft_version": __version__})}
-    with staged_directory(output) as staging:
+    with replaced_when_complete(output, "export") as staging:
         save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
         (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
         (staging / MODEL_CARD_FILE).write_text(model_card(parts, level, base, peft_config))

@@ -28,8 +28,20 @@ from ..atomic import atomic_save_tensors, atomic_write_bytes
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
 from ..models.targets import linear_layer_names
-from .base import AdapterLayer, adapter_config, adapter_layers, adapter_state_dict, inject, unload
-from .peft_import import PEFT_PICKLE_FILE, PEFT_WEIGHTS_FILE, peft_config_beside, peft_record
+from .base import (
+    AdapterLayer,
+    adapter_config,
+    adapter_layers,
+    adapter_state_dict,
+    inject,
+    unload,
+)
+from .peft_import import (
+    PEFT_PICKLE_FILE,
+    PEFT_WEIGHTS_FILE,
+    peft_config_beside,
+    peft_record,
+)
 from .registry import get_method
 
 CONFIG_FILE = "dllm_peft_adapter.json"
@@ -110,9 +122,12 @@ def read_adapter(path: str | Path) -> tuple[Record, Tensors]:
         raise DllmPeftError(f"{str(file)!r} is not a readable safetensors adapter file ({error})") from None
     if METADATA_KEY in metadata:
         try:
-            return json.loads(metadata[METADATA_KEY]), tensors
+            record = json.loads(metadata[METADATA_KEY])
         except json.JSONDecodeError:
             raise DllmPeftError(f"the metadata in {str(file)!r} is not valid JSON; the file is damaged") from None
+        config_name = CONFIG_FILE if file.name == WEIGHTS_FILE else LEGACY_CONFIG_FILE
+        _check_config_file(file.parent / config_name, record, file.name)
+        return record, tensors
     for reader in FOREIGN_READERS:
         found = reader(file, metadata, tensors)
         if found is not None:
@@ -132,6 +147,22 @@ def _read_peft(file: Path, metadata: dict[str, str], tensors: Tensors) -> tuple[
 # under native names), or None when the file is not theirs. Tried in order after the native layout.
 ForeignReader = Callable[[Path, dict[str, str], Tensors], "tuple[Record, Tensors] | None"]
 FOREIGN_READERS: list[ForeignReader] = [_read_peft]
+
+
+def _check_config_file(path: Path, record: dict[str, Any], weights_name: str) -> None:
+    """The weights' own metadata is what loads; the config file beside them must describe the same adapter."""
+    if not path.is_file():
+        return
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DllmPeftError(f"{str(path)!r} is not valid JSON; delete it (the .safetensors file describes itself)") from None
+    method = written.get("method") if isinstance(written, dict) else None
+    if method != record.get("method"):
+        raise DllmPeftError(
+            f"{str(path)!r} names method {method!r} but {weights_name} beside it holds a {record.get('method')!r} "
+            "adapter; the directory mixes two adapters: save the adapter again or point at the .safetensors file"
+        )
 
 
 def config_from_record(record: dict[str, Any]):

@@ -13,6 +13,7 @@ tokenizer, and `merged_from.json` saying what was merged at which λ) is written
 output and renamed into place only when complete. For our LLaDA and Dream classes it also carries the model's code
 and an `auto_map` (`models/portable.write_model_code`), so that `AutoModel.from_pretrained(folder,
 trust_remote_code=True)` and `AutoTokenizer.from_pretrained(folder)` load it in a process without dllm-peft.
+`--overwrite` replaces only the files a merge writes (`outputs.replaced_when_complete`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,12 @@ from ..config import MergeConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone, stored_dtype
 from ..models.portable import write_model_code
+from ..outputs import (
+    check_directory_output,
+    check_output_path,
+    owned_entries,
+    replaced_when_complete,
+)
 from .base import adapter_layers, unload
 from .files import config_from_record, load_adapter, read_adapter, weights_path
 from .registry import Method
@@ -88,40 +93,6 @@ def merge_into_base(model: nn.Module, noise_level: float | None) -> int:
     return len(layers)
 
 
-def check_output(output: Path, overwrite: bool, protected: list[Path]) -> None:
-    """Refuse an output that already holds files (unless `overwrite`) or that would replace one of `protected`."""
-    target = output.resolve()
-    for path in protected:
-        if path.exists() and (target == path.resolve() or target in path.resolve().parents):
-            raise DllmPeftError(f"--output {str(output)!r} would replace the input {str(path)!r}; choose another")
-    if output.exists() and not output.is_dir():
-        raise DllmPeftError(f"--output {str(output)!r} is a file; name a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise DllmPeftError(f"--output {str(output)!r} is not empty; pass --overwrite or choose another directory")
-
-
-@contextlib.contextmanager
-def staged_directory(output: Path) -> Iterator[Path]:
-    """A fresh directory beside `output` that replaces it once the block succeeds, and vanishes if it fails.
-
-    A crash therefore leaves either the previous contents of `output` or the complete new ones, never half of both.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if output.exists():
-        previous = output.with_name(staging.name.replace(".tmp", ".old"))
-        output.rename(previous)
-    staging.rename(output)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' shard-writing progress bar: the core never prints, the CLI shows its own status."""
@@ -136,6 +107,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 def merge_adapter(config: MergeConfig) -> MergeResult:
     """Merge the adapter of `config.adapter` into its base and write the checkpoint to `config.output`."""
+    check_output_path(config.output)  # before any work
     adapter_file = weights_path(config.adapter)
     record, _ = read_adapter(adapter_file)
     method, _ = config_from_record(record)
@@ -144,7 +116,7 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
     if not base_model:
         raise DllmPeftError(f"{config.adapter!r} does not record its base model; name it with --model")
     output = Path(config.output)
-    check_output(output, config.overwrite, [Path(config.adapter), Path(base_model)])
+    check_directory_output(output, config.overwrite, [Path(config.adapter), Path(base_model)], "merge")
 
     dtype = stored_dtype(base_model) if config.dtype == "auto" else config.dtype
     backbone = load_backbone(base_model, dtype=dtype, device=config.device)
@@ -160,10 +132,10 @@ def merge_adapter(config: MergeConfig) -> MergeResult:
         "dtype": str(backbone.model.dtype).removeprefix("torch."),
         "dllm_peft_version": __version__,
     }
-    with staged_directory(output) as staging, _quiet_transformers():
+    with replaced_when_complete(output, "merge") as staging, _quiet_transformers():
         backbone.model.save_pretrained(staging, max_shard_size=config.max_shard_size)
         backbone.tokenizer.save_pretrained(staging)
         write_model_code(backbone.model, staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    files = sorted(path.name for path in output.iterdir())
+    files = sorted(owned_entries(output))
     return MergeResult(output, method.name, base_model, level, merged, files, provenance["dtype"])

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import DllmPeftError
+from .base import MethodConfig
 from .registry import build_adapter_config, get_method
 
 # Method settings with a train flag of their own; --adapter-option refuses them so that one value has one place.

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write_bytes
 from ..errors import DllmPeftError
+from ..outputs import storage_errors
 from .summary import AdapterSummary
 
 
@@ -69,5 +70,6 @@ def plot_summary(summary: AdapterSummary, path: str | Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    with storage_errors(f"writing --plot {path}", "free space or choose another --plot"):
+        atomic_write_bytes(path, buffer.getvalue())
     return path

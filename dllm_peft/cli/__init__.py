@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from typer._click.exceptions import UsageError  # typer bundles its own click
+from typer.exceptions import Abort
+
 from ..errors import DllmPeftError
 
 # each module registers its subcommand on `app` when imported
@@ -26,11 +29,19 @@ from .console import print_error
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="dllm-peft")
+        if not args:
+            app(args=args, prog_name="dllm-peft")  # the help (no_args_is_help); exits
+        code = app(args=args, prog_name="dllm-peft", standalone_mode=False)
     except DllmPeftError as error:
         print_error(str(error))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except UsageError as error:  # a wrong flag, type or command: one sentence, not typer's boxed usage
+        where = error.ctx.command_path if error.ctx is not None else "dllm-peft"
+        print_error(f"{error.format_message().rstrip('.')}; see `{where} --help`")
+        sys.exit(2)
+    except (KeyboardInterrupt, Abort):
         print_error("interrupted")
         sys.exit(130)
+    sys.exit(0 if code is None else code)  # a command that returns normally succeeded

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from ..adapters.export import MODEL_CARD_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_adapter
+from ..adapters.export import (
+    MODEL_CARD_FILE,
+    PEFT_CONFIG_FILE,
+    PEFT_WEIGHTS_FILE,
+    export_adapter,
+)
 from ..config import EXPORT_FORMATS, ExportConfig, help_for
 from .app import app
 from .console import out

@@ -17,6 +17,7 @@ from ..adapters.summary import (
 )
 from ..config import InspectConfig, help_for
 from ..models import load_backbone
+from ..outputs import check_output_path
 from .app import app
 from .console import out
 
@@ -36,6 +37,8 @@ def inspect_command(
 ) -> None:
     """Report an adapter's settings, parameter counts and per-noise-level update norms (works on the file alone)."""
     config = InspectConfig(**{name: value for name, value in locals().items()})
+    if config.plot is not None:
+        check_output_path(config.plot, "--plot", "file")  # before any work
     if config.model is None:
         parts = standalone_adapter(config.adapter)
     else:

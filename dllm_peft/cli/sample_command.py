@@ -20,11 +20,12 @@ from rich.text import Text
 
 from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, SampleConfig, SamplerConfig, help_for
-from ..data.records import format_prompt, read_json_records
+from ..data.records import format_prompt, read_json_records, read_utf8
 from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
 from ..models import load_backbone
 from ..models.backbone import Backbone
+from ..outputs import check_output_path, storage_errors
 from .app import app
 from .console import err, out
 
@@ -69,6 +70,8 @@ def sample_command(
     flags = dict(locals())
     sampler_config = SamplerConfig(**{name: value for name, value in flags.items() if name in SAMPLER_FIELDS})
     config = SampleConfig(**{name: value for name, value in flags.items() if name not in SAMPLER_FIELDS})
+    if config.output is not None:
+        check_output_path(config.output, "--output", "file")  # before any work
     texts = read_prompts(config)
     backbone = _load(config)
     prompts = [backbone.encode(format_prompt(backbone.tokenizer, text, config.chat_template)) for text in texts]
@@ -93,7 +96,7 @@ def read_prompts(config: SampleConfig) -> list[str]:
         records = read_json_records(path)  # the training data's reader: one sentence per malformed line
         prompts = [_prompt_of(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
     else:
-        prompts = path.read_text(encoding="utf-8").rstrip("\r\n").splitlines()
+        prompts = read_utf8(path).rstrip("\r\n").splitlines()
         for number, line in enumerate(prompts, start=1):
             if not line.strip():
                 raise DllmPeftError(f"{path}:{number}: the prompt is empty; remove the blank line")
@@ -148,7 +151,8 @@ def _records(backbone: Backbone, texts: list[str], result: SampleResult) -> list
 def _report(config: SampleConfig, records: list[dict]) -> None:
     if config.output is not None:
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        atomic_write_bytes(Path(config.output), lines.encode("utf-8"))
+        with storage_errors(f"writing {config.output}", "free space or choose another --output"):
+            atomic_write_bytes(Path(config.output), lines.encode("utf-8"))
     else:
         for number, record in enumerate(records, start=1):
             if len(records) > 1:

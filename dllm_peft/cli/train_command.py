@@ -130,20 +130,25 @@ def _run(settings: TrainConfig, main_process: bool):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False, disable=not main_process) as progress:
-        tasks: list = []  # the bar appears with the first step, after the data and model checks have passed
+    progress = Progress(*columns, console=err, transient=False, disable=not main_process)
+    tasks: list = []  # the bar appears with the first step, after the data and model checks have passed
 
-        def on_progress(update: TrainProgress) -> None:
-            fields = {"loss": update.loss, "lr": update.lr, "tps": update.tokens_per_second}
-            if not tasks:  # a resumed run's bar starts where the run stands
-                start = {"total": update.max_steps, "completed": update.step - 1, "method": settings.method}
-                tasks.append(progress.add_task("train", **start, **fields))
-            progress.update(tasks[0], completed=update.step, **fields)
+    def on_progress(update: TrainProgress) -> None:
+        fields = {"loss": update.loss, "lr": update.lr, "tps": update.tokens_per_second}
+        if not tasks:  # a resumed run's bar starts where the run stands
+            progress.start()  # only now: an early error is then printed alone
+            start = {"total": update.max_steps, "completed": update.step - 1, "method": settings.method}
+            tasks.append(progress.add_task("train", **start, **fields))
+        progress.update(tasks[0], completed=update.step, **fields)
 
-        def on_report(report: TrainReport) -> None:
-            progress.console.print(_describe(report, settings), highlight=False, soft_wrap=True)
+    def on_report(report: TrainReport) -> None:
+        progress.console.print(_describe(report, settings), highlight=False, soft_wrap=True)
 
+    try:
         return train(settings, on_progress, on_report)
+    finally:
+        if tasks:
+            progress.stop()
 
 
 def _describe(report: TrainReport, settings: TrainConfig) -> str:
@@ -178,7 +183,8 @@ def _describe(report: TrainReport, settings: TrainConfig) -> str:
     if isinstance(report, CheckpointSaved):
         return f"[dim]saved checkpoint {report.path}[/]"
     if isinstance(report, Resumed):
+        skipped = "".join(f"checkpoint {path} is damaged ({why}), skipped and removed; " for path, why in report.damaged)
         if report.checkpoint is None:
             return "resuming: the run has no checkpoint yet, starting again from step 0"
-        return f"resuming from {report.checkpoint} (step {report.step})"
+        return f"{skipped}resuming from {report.checkpoint} (step {report.step})"
     raise TypeError(f"unknown report {report!r}")

@@ -102,9 +102,21 @@ def has_split(source: str, split: str) -> bool:
     return split in _dataset_splits(_load_dataset(source, local=True))
 
 
+def read_utf8(path: Path) -> str:
+    """The text of `path`; a file that is not UTF-8 (Latin-1, UTF-16, binary) is one sentence naming the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DllmPeftError(
+            f"{path}:{line}: byte 0x{data[error.start]:02x} is not UTF-8 text; save the file as UTF-8"
+        ) from None
+
+
 def read_json_records(path: Path) -> list[dict[str, Any]]:
     """The objects of a `.json` array or of a JSON-lines file; a malformed line or item is one sentence naming it."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith(("[", "{")):
         try:
             records = json.loads(text)
@@ -193,6 +205,13 @@ def prompt_response_pairs(
                 f"record {number} of {source} has no {missing[0]!r} value (present: {', '.join(sorted(record))}); "
                 "fix or remove that record"
             )
+        for name in fields:  # a number reads as its digits; str() of a list, object or bool would train on a repr
+            value = record[name]
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise DllmPeftError(
+                    f"record {number} of {source}: {name!r} is not a string ({type(record[name]).__name__} "
+                    f"{str(record[name])[:40]}); write it as text"
+                )
         if fields == ("instruction", "output"):
             pairs.append((_llm_adapters_prompt(record), str(record["output"])))
         else:

@@ -30,10 +30,19 @@ from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, EvalConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone
+from ..outputs import check_file_outputs, storage_errors
 from .answers import extract_answer
-from .catalogue import TASKS_DIR, TaskSpec, expand_tasks, get_task, lm_eval_task, stock_task_paths
+from .catalogue import (
+    TASKS_DIR,
+    TaskSpec,
+    expand_tasks,
+    get_task,
+    lm_eval_task,
+    stock_task_paths,
+)
 from .documents import check_data, source_of
 
+MARKDOWN_MARKER = "<!-- written by dllm-peft eval -->"  # lets a later --output replace this table, and no other
 BOOTSTRAP_ITERS = 1000  # stderr of mean metrics is closed-form; this only matters for other aggregations
 
 
@@ -88,7 +97,7 @@ class EvalResults:
             if len(scores) == 2:
                 cells.append(f"{100 * (scores[1].value - scores[0].value):+.1f}")
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n\n" + MARKDOWN_MARKER + "\n"
 
 
 def _percent(score: TaskScore) -> str:
@@ -102,11 +111,17 @@ def evaluate(
     on_notice: Callable[[str], None] | None = None,
 ) -> EvalResults:
     """Evaluate `config.model` (and `config.adapter`, with its base when `compare_base`) on `config.tasks`."""
-    from .lm import DllmPeftLM, join_process_group  # imports lm-eval: only when evaluating
+    from .lm import (  # imports lm-eval: only when evaluating
+        DllmPeftLM,
+        join_process_group,
+    )
 
     if config.log_samples and not config.output:
         raise DllmPeftError("--log-samples writes the samples beside the results file; pass --output too")
 
+    if config.output:  # before any work: a result that cannot be written is refused now, not after the run
+        output = Path(config.output)
+        check_file_outputs(output, [output.with_suffix(".md")], "--output", MARKDOWN_MARKER)
     specs = expand_tasks(config.tasks)
     _check_code_execution(specs, config)
     for spec in specs:  # missing files fail now, not after the model has loaded
@@ -288,12 +303,14 @@ def _versions() -> dict[str, str]:
 def write_results(results: EvalResults, path: Path) -> None:
     """The results JSON at `path` and the Markdown table beside it, both written atomically; logged samples go to
     `<path stem>.samples/<run>-<task>.jsonl`, one JSON line per document."""
-    atomic_write_bytes(path, (json.dumps(results.to_json(), indent=2) + "\n").encode())
-    atomic_write_bytes(path.with_suffix(".md"), results.markdown().encode())
-    for run, tasks in results.samples.items():
-        for task, rows in tasks.items():
-            lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-            atomic_write_bytes(samples_path(path, run, task), lines.encode())
+    advice = "free space or choose another --output"
+    with storage_errors(f"writing {path}", advice):
+        atomic_write_bytes(path, (json.dumps(results.to_json(), indent=2) + "\n").encode())
+        atomic_write_bytes(path.with_suffix(".md"), results.markdown().encode())
+        for run, tasks in results.samples.items():
+            for task, rows in tasks.items():
+                lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+                atomic_write_bytes(samples_path(path, run, task), lines.encode())
 
 
 def samples_path(results_path: Path, run: str, task: str) -> Path:

@@ -43,9 +43,9 @@ from .checkpoint_dir import (
 from .default import DEFAULT_MODEL_NAME, dllm_tiny
 from .dream import DREAM_TARGETS, DreamModel
 from .llada import LLADA_TARGETS, LLaDAModelLM
+from .masked_lm import MASKED_LM_TARGET_SETS, load_masked_lm, masked_lm_max_length
 from .mdlm import DIT_TARGETS, load_mdlm
 from .sedd import load_sedd
-from .masked_lm import MASKED_LM_TARGET_SETS, load_masked_lm, masked_lm_max_length
 from .targets import resolve_targets
 
 KNOWN_TARGET_SETS = (LLADA_TARGETS, DREAM_TARGETS, DIT_TARGETS, *MASKED_LM_TARGET_SETS)

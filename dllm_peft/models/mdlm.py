@@ -24,7 +24,14 @@ from torch import nn
 from transformers.modeling_outputs import MaskedLMOutput
 
 from ..errors import DllmPeftError
-from .dit import DiT, DiTConfig, denoiser_logits, load_weights, read_state_dict, refuse_cache
+from .dit import (
+    DiT,
+    DiTConfig,
+    denoiser_logits,
+    load_weights,
+    read_state_dict,
+    refuse_cache,
+)
 
 MDLM_MODEL_TYPE = "mdlm"
 DIT_TARGETS = ("attn_qkv", "attn_out")  # the attention projections of every DiT block (MDLM and SEDD)

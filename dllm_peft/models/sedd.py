@@ -41,7 +41,14 @@ import torch
 from transformers.modeling_outputs import MaskedLMOutput
 
 from ..errors import DllmPeftError
-from .dit import DiT, DiTConfig, denoiser_logits, load_weights, read_state_dict, refuse_cache
+from .dit import (
+    DiT,
+    DiTConfig,
+    denoiser_logits,
+    load_weights,
+    read_state_dict,
+    refuse_cache,
+)
 
 SEDD_MODEL_TYPE = "sedd"
 SEDD_MODEL_KEYS = ("hidden_size", "cond_dim", "n_heads", "n_blocks")

@@ -11,7 +11,15 @@ Layout of a run directory:
     out/dllm_peft_adapter.{json,safetensors}           the final adapter, written only when the run completes
 
 A checkpoint is written into a hidden temporary directory and renamed into place (atomic on POSIX), so a run killed
-at any moment leaves complete checkpoints only; leftovers of a killed write are removed on the next start.
+at any moment leaves complete checkpoints only; leftovers of a killed write (`.step-*.partial`, `.*.tmp`) are removed
+on the next start. A checkpoint is saved only from a state that is known good: the loop writes the checkpoint due after
+step N during step N + 1, once that step's loss and gradients are finite and before its update, and never applies a
+step whose loss or gradients are not finite; the adapter's tensors are also checked finite before a save. Resuming reads the newest checkpoint that loads completely: a damaged one (a file
+missing, `trainer_state.json` not JSON, a truncated tensor file) is reported, skipped and removed. A full disk while
+saving is one sentence; the previous checkpoints stay as they were.
+
+`--overwrite` moves the previous run's files into `out/.replaced-run/` instead of deleting them; they are deleted
+once the new run writes its adapter, and moved back if the new run fails before its first checkpoint.
 
 Why no random-number-generator state is stored: every random draw of the loop is a pure function of the seed and of
 where it happens (`data.derived_seed`): the data order of epoch e, the masking and the dropout of the micro-batch
@@ -46,6 +54,7 @@ from ..adapters.files import (
 from ..config import TrainConfig
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from ..outputs import check_output_path, storage_errors
 from .sharding import full_tensors, shard_like
 
 RUN_FILE = "train_config.json"
@@ -56,6 +65,8 @@ RUN_OUTPUTS = (
     CONFIG_FILE, WEIGHTS_FILE, LEGACY_CONFIG_FILE, LEGACY_WEIGHTS_FILE, RUN_FILE, CHECKPOINTS, "metrics.jsonl",
     "tensorboard",
 )
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)
+REPLACED_RUN = ".replaced-run"  # the run an --overwrite replaces, kept until the new run has written its adapter
 
 # Settings that define what is trained on what: a resumed run must keep them (others, such as --save-every, may change).
 SAME_RUN_FIELDS = (
@@ -90,14 +101,13 @@ def read_run_config(output: str | Path) -> dict[str, Any] | None:
 
 
 def check_output(config: TrainConfig) -> Path | None:
-    """Apply the output policy before anything is loaded. Returns the checkpoint to resume from (None: from step 0).
+    """Apply the output policy before anything is loaded. Returns the checkpoints directory to resume from (None: the
+    run starts from step 0).
 
     A directory holding another run or an adapter is refused unless `--resume` (continue that run) or `--overwrite`
     (replace it, once the new run has loaded its model and data) is given; files that are not ours are left alone.
     """
-    output = Path(config.output)
-    if output.exists() and not output.is_dir():
-        raise DllmPeftError(f"--output {config.output!r} is a file; choose a directory")
+    output = check_output_path(config.output, "--output", "directory")
     run = read_run_config(output)
     if config.resume:
         if run is None:
@@ -110,7 +120,8 @@ def check_output(config: TrainConfig) -> Path | None:
                     f"{flag} {getattr(config, name)!r} differs from the run being resumed in {config.output!r} "
                     f"({saved!r}); resume with its settings or train into another --output"
                 )
-        return latest_checkpoint(output)
+        root = output / CHECKPOINTS
+        return root if root.is_dir() and any(root.glob("step-*")) else None  # which one loads: `resume_checkpoint`
     if config.overwrite:
         return None
     if run is not None:
@@ -123,20 +134,56 @@ def check_output(config: TrainConfig) -> Path | None:
     return None
 
 
-def start_run(config: TrainConfig, resuming: bool) -> None:
-    """Clear what an overwritten run left and record the settings of this one (main process only)."""
+def start_run(config: TrainConfig, resuming: bool, damaged: tuple[Path, ...] = ()) -> None:
+    """Set aside what an overwritten run left, clean leftovers of killed writes and record the settings of this run
+    (main process only). `damaged`: checkpoints that failed to load on resume, removed so that they are written anew.
+    """
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        for name in RUN_OUTPUTS:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+        present = [output / name for name in RUN_OUTPUTS if (output / name).exists()]
+        backup = output / REPLACED_RUN
+        if config.overwrite and present and not backup.exists():
+            backup.mkdir()
+            for target in present:
+                os.replace(target, backup / target.name)
+        else:  # no run, or an --overwrite run that never finished while the replaced one is still kept
+            for target in present:
+                _remove(target)
+    for path in damaged:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in RUN_OUTPUTS:  # half-written files (or staging directories) of a killed atomic write
+        for leftover in output.glob(f".{name}.*.tmp"):
+            _remove(leftover)
     settings = {**dataclasses.asdict(config), "resume": False, "overwrite": False}
     atomic_write_bytes(output / RUN_FILE, (json.dumps(settings, indent=2) + "\n").encode())
     _remove_partial_checkpoints(output / CHECKPOINTS)
+
+
+def finish_run(output: str | Path) -> None:
+    """The new run has written its adapter: the run it replaced goes."""
+    shutil.rmtree(Path(output) / REPLACED_RUN, ignore_errors=True)
+
+
+def restore_replaced_run(output: str | Path) -> bool:
+    """A new --overwrite run failed before its first checkpoint: put the run it replaced back. Returns whether it did."""
+    output = Path(output)
+    backup = output / REPLACED_RUN
+    if not backup.is_dir() or checkpoint_steps(output):
+        return False
+    for name in RUN_OUTPUTS:
+        _remove(output / name)
+    for entry in backup.iterdir():
+        os.replace(entry, output / entry.name)
+    backup.rmdir()
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------------
@@ -185,11 +232,32 @@ def save_checkpoint(
     root = Path(output) / CHECKPOINTS
     final = root / f"step-{state.step}"
     if final.exists():  # e.g. Ctrl-C right after a periodic save: that checkpoint is this state
-        return final
+        if all((final / name).is_file() for name in CHECKPOINT_FILES):
+            return final
+        shutil.rmtree(final)  # an incomplete one (damaged by hand): written anew
+    adapter_tensors, optimizer_state = gathered
+    bad = next((name for name, tensor in adapter_tensors.items() if not torch.isfinite(tensor).all()), None)
+    if bad is not None:
+        kept = latest_checkpoint(output)
+        raise DllmPeftError(
+            f"the adapter tensor {bad!r} is not finite after step {state.step}, so no checkpoint was saved; lower --lr"
+            + (f" and continue from the last good checkpoint {kept} with --resume" if kept else "")
+        )
+    previous = latest_checkpoint(output)
+    advice = (
+        f"free space and continue from {previous} with --resume" if previous else "free space and start the run again"
+    )
+    with storage_errors(f"saving checkpoint step-{state.step} in {root}", advice):
+        _write_checkpoint(root, final, backbone, adapter_tensors, optimizer_state, state, record)
+    for old in checkpoint_steps(output)[:-keep]:
+        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(root, final, backbone, adapter_tensors, optimizer_state, state, record) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{state.step}.", suffix=".partial"))
     try:
-        adapter_tensors, optimizer_state = gathered
         save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}}, tensors=adapter_tensors)
         tensors, groups = _split_optimizer_state(optimizer_state)
         atomic_save_tensors(tensors, staging / OPTIMIZER_FILE, {})
@@ -202,34 +270,74 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for old in checkpoint_steps(output)[:-keep]:
-        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
-    return final
+
+
+def resume_checkpoint(
+    output: str | Path, backbone: Backbone, optimizer: torch.optim.Optimizer
+) -> tuple[Path, TrainingState, tuple[tuple[Path, str], ...]]:
+    """Load the newest checkpoint of `output` that reads completely, skipping damaged ones.
+
+    Returns:
+        (its path, its state, ((damaged checkpoint, why), ...) newest first).
+    """
+    damaged = []
+    root = Path(output) / CHECKPOINTS
+    steps = sorted(int(path.name[5:]) for path in root.glob("step-*") if path.name[5:].isdigit() and path.is_dir())
+    for step in reversed(steps):
+        path = root / f"step-{step}"
+        try:
+            return path, load_checkpoint(path, backbone, optimizer), tuple(damaged)
+        except _Damaged as error:
+            damaged.append((path, str(error)))
+    newest = damaged[0][0] if damaged else output
+    raise DllmPeftError(
+        f"no checkpoint in {str(output)!r} can be read ({newest} {damaged[0][1] if damaged else 'is missing'}); "
+        "start the run again with --overwrite"
+    )
+
+
+class _Damaged(Exception):
+    """A checkpoint that cannot be read whole (the message says why)."""
 
 
 def load_checkpoint(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Load adapter tensors and optimizer state from checkpoint `path` into the live objects. Returns its state.
 
-    Under FSDP each process keeps its own shard of every tensor (the checkpoint holds them whole).
+    Every file is read and checked before anything is loaded, so a damaged checkpoint leaves the live objects as
+    they were. Under FSDP each process keeps its own shard of every tensor (the checkpoint holds them whole).
+
+    Raises:
+        _Damaged: a file is missing or unreadable.
     """
-    _, tensors = read_adapter(path)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise _Damaged(f"lacks {', '.join(missing)}")
+    try:
+        _, tensors = read_adapter(path)
+        payload = json.loads((path / STATE_FILE).read_text())
+        with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as reader:
+            optimizer_tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+        loaded = _join_optimizer_state(optimizer_tensors, payload.pop("optimizer"))
+        state = TrainingState(**payload)
+    except DllmPeftError as error:
+        raise _Damaged(str(error)) from None
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise _Damaged(f"has an unreadable {STATE_FILE} or {OPTIMIZER_FILE} ({type(error).__name__})") from None
+    except Exception as error:  # safetensors raises its own type for a truncated file
+        raise _Damaged(f"has an unreadable {OPTIMIZER_FILE} ({error})") from None
     expected = adapter_state_dict(backbone.model)
     if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
         raise DllmPeftError(f"the adapter in {path} does not fit this model; resume with the run's own settings")
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(shard_like(tensors[name], target))
-    payload = json.loads((path / STATE_FILE).read_text())
-    with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as reader:
-        optimizer_tensors = {name: reader.get_tensor(name) for name in reader.keys()}
-    loaded = _join_optimizer_state(optimizer_tensors, payload.pop("optimizer"))
     parameters = [p for group in optimizer.param_groups for p in group["params"]]  # state index → parameter
     for index, values in loaded["state"].items():
         for key, value in values.items():
             if torch.is_tensor(value):
                 values[key] = shard_like(value, parameters[index])
     optimizer.load_state_dict(loaded)
-    return TrainingState(**payload)
+    return state
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -66,7 +66,11 @@ def read_settings_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise DllmPeftError(f"settings file {path!r} does not exist; pass a .yaml or .toml file to --config")
-    text = file.read_text(encoding="utf-8")
+    from ..data.records import (
+        read_utf8,  # the data layer loads torch: only when a settings file is read
+    )
+
+    text = read_utf8(file)
     try:
         if file.suffix == ".toml":
             raw = tomllib.loads(text)

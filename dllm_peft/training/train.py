@@ -37,7 +37,13 @@ from ..adapters.files import load_adapter, read_adapter, save_adapter
 from ..adapters.options import train_method_config
 from ..adapters.registry import get_method
 from ..config import SamplerConfig, TrainConfig
-from ..data.records import ExampleOrder, LengthReport, collate, derived_seed, response_regions
+from ..data.records import (
+    ExampleOrder,
+    LengthReport,
+    collate,
+    derived_seed,
+    response_regions,
+)
 from ..diffusion.conditioning import (
     ROUTER_ATTRIBUTE,
     enable_gradient_checkpointing,
@@ -47,12 +53,15 @@ from ..diffusion.loss import masked_diffusion_loss
 from ..diffusion.schedule import covers, sampler_noise_levels
 from ..errors import DllmPeftError
 from ..models import load_backbone, resolve_device
+from ..outputs import storage_errors
 from .checkpoint import (
     TrainingState,
     check_output,
+    finish_run,
     gathered_state,
     latest_checkpoint,
-    load_checkpoint,
+    restore_replaced_run,
+    resume_checkpoint,
     save_checkpoint,
     start_run,
 )
@@ -65,7 +74,13 @@ from .sharding import (
     gradient_sync,
     shard,
 )
-from .validation import TrainingData, ValidationReport, batch_padding, load_training_data, validate
+from .validation import (
+    TrainingData,
+    ValidationReport,
+    batch_padding,
+    load_training_data,
+    validate,
+)
 
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
@@ -109,6 +124,7 @@ class CheckpointSaved:
 class Resumed:
     step: int
     checkpoint: Path | None  # None: the run had no checkpoint yet and starts again from step 0
+    damaged: tuple[tuple[Path, str], ...] = ()  # newer checkpoints that could not be read (skipped, then removed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,8 +215,9 @@ def train(
     groups = parameter_groups(backbone.model, parameters, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPSILON)
     state = TrainingState(step=0, examples_seen=0, losses=[], validation=[], data_fingerprint=data.fingerprint)
+    damaged: tuple[tuple[Path, str], ...] = ()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, backbone, optimizer)
+        resume_from, state, damaged = resume_checkpoint(config.output, backbone, optimizer)
         _check_resumable(config, state, data, steps)
     model = backbone.model
     if not sharded:
@@ -210,10 +227,10 @@ def train(
     trainer = _on_wrapper(backbone, model)
 
     accelerator.wait_for_everyone()  # every process has checked --output before rank 0 writes into it
-    if is_main:
-        start_run(config, resuming=resume_from is not None)  # a run resumed before its first checkpoint restarts
+    if is_main:  # a run resumed before its first checkpoint restarts
+        start_run(config, resuming=resume_from is not None, damaged=tuple(path for path, _ in damaged))
     if config.resume:
-        report(Resumed(state.step, resume_from))
+        report(Resumed(state.step, resume_from, damaged))
     lengths = data.lengths
     report(DataReport(
         len(data.train), len(data.validation), data.validation_origin, lengths, steps, examples_per_step, processes, sharded
@@ -230,7 +247,7 @@ def train(
 
     resume_step = state.step if resume_from is not None else None
     metrics = MetricsLog(config.output, resume_step) if is_main else contextlib.nullcontext()
-    with _StopRequests() as stop, metrics as log:
+    with _replaced_run_kept(config, is_main), _StopRequests() as stop, metrics as log:
         def checkpoint() -> Path | None:
             if state.step == 0:
                 return latest_checkpoint(config.output)
@@ -255,6 +272,9 @@ def train(
             log.write("warning", state.step, {"noise_level_coverage": coverage.metrics()})
         if state.step == 0:
             run_validation()  # the base model's loss: where the adapter starts from
+        # A checkpoint due after step N is written during step N + 1, once that step's loss and gradients are known
+        # to be finite and before its update: a state that leads straight to NaN (too high an lr) is never saved.
+        save_due = False
         while state.step < steps:
             if stop.agreed(accelerator):
                 raise TrainingInterrupted(state.step, checkpoint())
@@ -296,6 +316,11 @@ def train(
                 grad_norm = clip_grad_norm(parameters, GRAD_CLIP)
             else:
                 grad_norm = float(accelerator.clip_grad_norm_(parameters, GRAD_CLIP))
+            if not math.isfinite(grad_norm):  # this update would poison the weights: never applied, never saved
+                raise DllmPeftError(_diverged_message(config, grad_norm, state.step + 1, "gradient norm"))
+            if save_due:
+                checkpoint()  # the weights are still those after step N: backward changed only the gradients
+                save_due = False
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -312,7 +337,10 @@ def train(
             if config.eval_every and state.step % config.eval_every == 0 or state.step == steps:
                 run_validation()
             if config.save_every and state.step % config.save_every == 0:
-                checkpoint()
+                if state.step == steps:
+                    checkpoint()  # no next step to wait for (and a run killed before its adapter resumes from it)
+                else:
+                    save_due = True
 
         histogram = _gathered_histogram(accelerator, routed)
         if log is not None:
@@ -322,7 +350,9 @@ def train(
     tensors = full_tensors(adapter_state_dict(backbone.model))  # every process: a collective under FSDP
     if is_main:
         final = {**record, "validation": state.validation[-1] if state.validation else None}
-        save_adapter(backbone, config.output, extra={"training": final}, tensors=tensors)
+        with storage_errors(f"writing the adapter to {config.output}", _disk_advice(config)):
+            save_adapter(backbone, config.output, extra={"training": final}, tensors=tensors)
+        finish_run(config.output)
     accelerator.wait_for_everyone()
     return TrainResult(
         output=Path(config.output),
@@ -447,20 +477,40 @@ def _check_resumable(config: TrainConfig, state: TrainingState, data: TrainingDa
             f"the training data of {config.data!r} changed since the checkpoint in {config.output!r}; "
             "resume with the same data or start a new run with --overwrite"
         )
-    if state.step >= steps:
+    if state.step > steps:  # == steps: killed after its last checkpoint; the adapter is then written from it
         raise DllmPeftError(
-            f"the run in {config.output!r} already finished its {steps} steps; raise --max-steps or --epochs to go on"
+            f"the checkpoint in {config.output!r} is at step {state.step}, past the {steps} steps now asked for; "
+            f"resume with --max-steps {state.step} or more"
         )
 
 
-def _diverged_message(config: TrainConfig, loss: float, step: int) -> str:
+def _diverged_message(config: TrainConfig, value: float, step: int, what: str = "loss") -> str:
+    """Every saved checkpoint comes from a step whose loss and gradients were finite: the newest one is good."""
     checkpoint = latest_checkpoint(config.output)
     kept = (
         f"the last good checkpoint is {checkpoint} (continue from it with --resume and a lower --lr)"
         if checkpoint is not None
         else "no adapter was written"
     )
-    return f"the loss became {loss} at step {step}; lower --lr; {kept}"
+    return f"the {what} became {value} at step {step}, so that step was not applied; lower --lr; {kept}"
+
+
+def _disk_advice(config: TrainConfig) -> str:
+    checkpoint = latest_checkpoint(config.output)
+    if checkpoint is None:
+        return "free space and start the run again"
+    return f"free space and finish from {checkpoint} with --resume (same --output)"
+
+
+@contextlib.contextmanager
+def _replaced_run_kept(config: TrainConfig, is_main: bool):
+    """An --overwrite run that fails before its first checkpoint puts the run it replaced back (`checkpoint.py`)."""
+    try:
+        yield
+    except BaseException:
+        if is_main and config.overwrite:
+            restore_replaced_run(config.output)
+        raise
 
 
 class _StopRequests:

@@ -37,6 +37,7 @@ from ..data.records import (
 )
 from ..diffusion.loss import masked_diffusion_loss
 from ..diffusion.schedule import mask_counts_at
+from ..errors import DllmPeftError
 from ..models.backbone import Backbone
 from .sharding import gather_root, is_sharded
 
@@ -78,6 +79,9 @@ def load_training_data(config: TrainConfig, backbone: Backbone) -> TrainingData:
 
     def examples_of(source: str, split: str) -> tuple[list[Example], LengthReport]:
         pairs = prompt_response_pairs(read_records(source, split), config.prompt_field, config.response_field, source)
+        for number, (_, response) in enumerate(pairs, start=1):
+            if not response.strip():  # no response token to unmask: the example teaches nothing and its loss is 0/0
+                raise DllmPeftError(f"record {number} of {source} has an empty response; give it text or remove it")
         return tokenize_pairs(pairs, backbone, config.max_length, config.overlong, config.chat_template)
 
     train, lengths = examples_of(config.data, "train")
