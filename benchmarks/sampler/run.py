@@ -344,11 +344,14 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"default: {PREFERRED_MODEL} if available, else tiny-llada")
     parser.add_argument("--task", default="addition",
                         help="built-in task whose test prompts the timings use (dllm-tiny was pretrained on addition)")
+    parser.add_argument("--wide-models", action="store_true",
+                        help="with --quick: also NaRA vs LoRA and MFU on the random d_model 192 and 768 LLaDAs")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--entropy-bound", type=float, default=1.0)
     arguments = parser.parse_args()
     mode = "quick" if arguments.quick else "full"
-    plan = MODES[mode]
+    plan = dict(MODES[mode])
+    plan["wide_models"] = plan["wide_models"] or arguments.wide_models
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
