@@ -11,7 +11,8 @@ command.
   ones, and renders the tables into `benchmarks/results/quick/tables.md` instead of the READMEs.
 
 Not run: `benchmarks/default_model/build.py` (pretrains the default model from scratch, 41 min here) and
-`candidates.py` (35 min); run those by hand.
+`candidates.py` (35 min); run those by hand. Nor `benchmarks/gpu/run.py` (GPU_ONLY: it needs a CUDA device; its
+`--tiny` CPU check runs in the test suite).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ BENCHMARKS = (
     ("default_model", "default_model/task_gain.py"),
     ("kill_resume", "kill_resume/run.py"),
 )
+GPU_ONLY = ("gpu/run.py",)  # needs a CUDA device: run by hand (benchmarks/gpu/README.md)
 FULL_RESULTS = BENCHMARKS_DIR / "results"
 QUICK_RESULTS = FULL_RESULTS / "quick"
 

@@ -149,6 +149,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(batch):
 
 
 # -- the inference shortcuts (adapters/nara.py, "Speed") ------------------------------------------------------------
+# Without autograd a batch at one λ runs (B · C) (A x) instead of B (C (A x)): equal up to float32 rounding.
+FOLD_TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
 def test_inference_remembers_the_core_and_equals_the_autograd_path_until_a_parameter_changes(batch):
     nara = nara_backbone()
     randomize_adapter(nara.model, scale=0.2)
@@ -160,14 +164,14 @@ def test_inference_remembers_the_core_and_equals_the_autograd_path_until_a_param
     for level in (0.3, 0.3, torch.tensor([0.3, 0.6, 0.3, 0.9])):  # a λ seen before, then a mixed batch
         with torch.inference_mode():
             remembered = logits(nara, batch.input_ids, level)
-        torch.testing.assert_close(remembered, with_autograd(level))
+        torch.testing.assert_close(remembered, with_autograd(level), **FOLD_TOLERANCE)
     # cores remembered under inference mode also serve plain no_grad forwards
-    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), with_autograd(0.3))
+    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), with_autograd(0.3), **FOLD_TOLERANCE)
     with torch.no_grad():
         find_router(nara.model).shared["shared"].hypernetwork[0].weight.mul_(2.0)  # moves the version counter
     changed = with_autograd(0.3)
     assert not torch.allclose(changed[0], remembered[0])
-    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), changed)
+    torch.testing.assert_close(logits(nara, batch.input_ids, 0.3), changed, **FOLD_TOLERANCE)
 
 
 def test_the_core_runs_the_hypernetwork_once_per_distinct_noise_level_and_remembers_it_without_autograd():
@@ -208,3 +212,45 @@ def test_gradients_at_one_noise_level_equal_those_of_a_mixed_batch(batch):
     alone = gradients([(0.2, [0]), (0.7, [1])])  # one core each: the single-λ path
     for name in mixed:  # the mean over 2 rows is half the sum of the two 1-row means
         torch.testing.assert_close(mixed[name] * 2, alone[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("method", ["nara", "nara-c"])
+def test_folding_the_core_into_b_at_inference_leaves_the_sampler_s_canvases_unchanged(method, monkeypatch):
+    from dllm_peft.adapters.registry import build_adapter_config, get_method
+    from dllm_peft.config import SamplerConfig
+    from dllm_peft.diffusion.sampler import sample
+
+    backbone = tiny_llada(seed=0)
+    inject(backbone.model, build_adapter_config(method, rank=8, dropout=0.0), get_method(method).layer_class,
+           backbone.default_targets)
+    randomize_adapter(backbone.model, seed=2, scale=0.3)  # a trained-ish adapter: B, A and F all far from zero
+    backbone.model.eval()
+    prompts = [backbone.encode(text) for text in ("Uppercase: apple\nAnswer:", "Question: 3 + 4 = ?\nAnswer:")]
+    runs = {}
+    for fold in (True, False):
+        monkeypatch.setattr(NaraLayer, "fold_at_inference", fold)
+        for name, settings in {"exact": SamplerConfig(gen_length=32, steps=32, block_length=8, stop_at_eos=False),
+                               "sampled-dual": SamplerConfig(gen_length=32, steps=32, block_length=8, temperature=0.8,
+                                                             threshold=0.05, cache="dual", stop_at_eos=False)}.items():
+            generators = [torch.Generator().manual_seed(index) for index in range(len(prompts))]
+            runs[fold, name] = sample(backbone, prompts, settings, generators).canvas
+        ids = torch.tensor([prompts[0] + [backbone.mask_id] * 8])
+        runs[fold, "logits"] = logits(backbone, ids, 0.4)
+    assert any(layer._folds for layer in adapter_layers(backbone.model).values())  # the folded path ran
+    for name in ("exact", "sampled-dual"):
+        assert torch.equal(runs[True, name], runs[False, name]), name
+    torch.testing.assert_close(runs[True, "logits"], runs[False, "logits"], **FOLD_TOLERANCE)
+
+
+def test_a_folded_b_is_recomputed_when_b_changes(batch):
+    nara = nara_backbone()
+    randomize_adapter(nara.model, scale=0.2)
+    before = logits(nara, batch.input_ids, 0.3)
+    with torch.no_grad():
+        for layer in adapter_layers(nara.model).values():
+            layer.lora_B.mul_(2.0)  # moves B's version counter
+    with noise_level(nara.model, 0.3):
+        expected = nara.logits(batch.input_ids).detach()  # the autograd path: never folded
+    after = logits(nara, batch.input_ids, 0.3)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, **FOLD_TOLERANCE)

@@ -9,7 +9,10 @@ Measures, all within one run and on one thread (the machine is shared; one threa
      model (goal ≤ 1.03), with NaRA's remembered cores (`warm`: every λ seen before, as from an evaluation's second
      batch on) and forgotten before each call (`cold`), and a second LoRA copy as the noise floor;
   4. `nara_cache_staleness`: what the KV cache costs NaRA (answers that change vs no cache; refresh policies);
-  5. `accuracy`: the default NaRA adapter trained here on the default task (`dllm-peft train --method nara`,
+  5. `mfu`: achieved FLOP/s of the exact sampler with a rank-32 LoRA (FLOPs of every forward it ran, counted by
+     `benchmarks/flops.py`) over the best float32 matrix-product rate measured on this thread, with this clock, in
+     this run; on dllm-tiny and a random LLaDA with d_model 1024 (and, in full mode, the d_model 192 and 768 ones);
+  6. `accuracy`: the default NaRA adapter trained here on the default task (`dllm-peft train --method nara`,
      seed 0), scored on its test prompts by `dllm_peft.evaluation.evaluate` (what `dllm-peft eval` runs) with the default
      sampler and with the fast settings: exact match, the drop in points (goal ≤ 1) and the speedup of the evals.
 Timings use the CPU time of this thread (`time.thread_time`: time the process waits for a core on the shared machine
@@ -48,6 +51,8 @@ from dllm_peft.models import load_backbone, tiny_llada  # noqa: E402
 from dllm_peft.training.train import train  # noqa: E402
 from tests.conftest import randomize_adapter  # noqa: E402
 from tests.llada_reference import reference_generate  # noqa: E402
+
+from benchmarks.flops import FlopMeter, lora, matmul_peak, shape_of  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "sampler.json"
 PREFERRED_MODEL = "dllm-tiny"  # the trained default model, once it ships; tiny-llada (random) until then
@@ -214,6 +219,40 @@ def measure_nara_vs_lora(name: str, backbone_factory, prompts_text, settings: Sa
     }
 
 
+MFU_MODELS = {
+    "d_model 1024": (dict(d_model=1024, n_heads=16, n_kv_heads=16, n_layers=4, mlp_hidden_size=2752), 2,
+                     SamplerConfig(gen_length=32, steps=16, block_length=16, stop_at_eos=False)),
+}
+
+
+def measure_mfu(name: str, backbone_factory, prompts_text, settings: SamplerConfig, repeats: int) -> dict:
+    """FLOPs of the exact sampler's forwards (rank-32 LoRA) per CPU second of this thread, ÷ this thread's mm peak."""
+    backbone = adapted(backbone_factory, "lora", 32)
+    shape = shape_of(backbone.model.config)
+    calls = [lambda ids=backbone.encode(text), index=index: sample(
+        backbone, [ids], settings, torch.Generator().manual_seed(index)) for index, text in enumerate(prompts_text)]
+    with FlopMeter(backbone.model, shape, lora(32)) as meter:
+        for call in calls:
+            call()
+    seconds = interleaved({"lora": calls}, repeats)["lora"]
+    peak = matmul_peak(torch.float32, clock=time.thread_time)["flops_per_second"]
+    achieved = meter.flops / seconds
+    tokens = len(prompts_text) * settings.gen_length
+    return {
+        "model": name,
+        "parameters": sum(p.numel() for p in backbone.model.parameters() if not p.requires_grad),
+        "settings": f"gen {settings.gen_length}, steps {settings.steps}, block {settings.block_length}, no cache",
+        "prompts": len(prompts_text),
+        "forward_passes": meter.calls,
+        "flops": meter.flops,
+        "flops_per_generated_token": meter.flops / tokens,
+        "seconds": round(seconds, 4),
+        "achieved_flops_per_second": achieved,
+        "peak_flops_per_second": peak,
+        "mfu": round(achieved / peak, 4),
+    }
+
+
 def measure_cache_staleness(backbone_factory, prompts_text, settings: SamplerConfig, threshold: float,
                             repeats: int) -> dict:
     """How often the cache changes an answer, LoRA vs NaRA, and what refreshing costs and buys back."""
@@ -305,11 +344,14 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"default: {PREFERRED_MODEL} if available, else tiny-llada")
     parser.add_argument("--task", default="addition",
                         help="built-in task whose test prompts the timings use (dllm-tiny was pretrained on addition)")
+    parser.add_argument("--wide-models", action="store_true",
+                        help="with --quick: also NaRA vs LoRA and MFU on the random d_model 192 and 768 LLaDAs")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--entropy-bound", type=float, default=1.0)
     arguments = parser.parse_args()
     mode = "quick" if arguments.quick else "full"
-    plan = MODES[mode]
+    plan = dict(MODES[mode])
+    plan["wide_models"] = plan["wide_models"] or arguments.wide_models
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
@@ -353,6 +395,17 @@ def main() -> None:
     results["nara_cache_staleness"] = measure_cache_staleness(
         lambda: copy.deepcopy(backbone), prompts_text, BATCH_SETTINGS, arguments.threshold, repeats,
     )
+    results["mfu"] = {
+        "peak": "best torch.mm rate of 1024 × 1024 float32 products on this thread (time.thread_time), measured after "
+                "each model's timings",
+        "flops": "benchmarks/flops.py via FlopMeter: matrix products of every forward the sampler ran, model FLOPs",
+        "models": [measure_mfu(name, lambda: copy.deepcopy(backbone), prompts_text, BATCH_SETTINGS, repeats)],
+    }
+    wide = {**(TIMING_MODELS if plan["wide_models"] else {}), **MFU_MODELS}
+    for label, (architecture, count, settings) in wide.items():
+        results["mfu"]["models"].append(measure_mfu(
+            f"random LLaDA, {label}", lambda a=architecture: tiny_llada(seed=0, **a), prompts_text[:count], settings,
+            repeats))
     if trained:
         results["accuracy"] = measure_accuracy(plan["train_steps"], plan["accuracy_limit"], plan["accuracy_repeats"],
                                                arguments.threshold)

@@ -11,8 +11,13 @@ with one intra-op thread, a measure of the work itself that other jobs on a shar
 figures are recorded beside it. Memory: each arm then runs alone in a fresh process, whose peak RSS (`ru_maxrss`) is
 its own; the ratio is the median over those runs.
 
-    python benchmarks/train_throughput/run.py            # 40 timed steps per arm + 3 memory runs each
-    python benchmarks/train_throughput/run.py --quick    # 8 timed steps + 1 memory run each, a smoke run
+MFU (model FLOP utilisation): LoRA and NaRA train alone at d_model 512 (the shape above) and at d_model 1024 (4 blocks,
+MLP 2752), and each step's FLOPs (`benchmarks/flops.py`: frozen base forward + activation gradients, the adapter's
+forward + backward) over its median CPU time are divided by the best float32 matrix-product rate measured in the same
+process, on the same single thread, with the same clock (`matmul_peak`, before and after the steps).
+
+    python benchmarks/train_throughput/run.py            # 40 timed steps per arm + 3 memory runs each; MFU 6 steps
+    python benchmarks/train_throughput/run.py --quick    # 8 timed steps + 1 memory run each; MFU 2 steps, a smoke run
 
 Writes benchmarks/results/train_throughput.json (or --output PATH), with the command, the mode and the wall seconds.
 """
@@ -34,11 +39,15 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 ARMS = ("lora", "nara", "peft-lora")
 MODEL = dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=1376, max_sequence_length=256)
+MFU_MODELS = {"d_model 512": MODEL,
+              "d_model 1024": dict(d_model=1024, n_heads=16, n_kv_heads=16, n_layers=4, mlp_hidden_size=2752,
+                                   max_sequence_length=256)}
+MFU_ARMS = ("lora", "nara")
 BATCH, LENGTH, RANK, SEED = 4, 128, 32, 0
 TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
 
 
-def build(arm: str):
+def build(arm: str, model: dict = MODEL):
     """(backbone with the arm's adapter, trainable parameters, optimizer, batches), identical across arms."""
     import torch
 
@@ -48,7 +57,7 @@ def build(arm: str):
     from dllm_peft.data.tasks import task_records
     from dllm_peft.models import tiny_llada
 
-    backbone = tiny_llada(seed=SEED, **MODEL)
+    backbone = tiny_llada(seed=SEED, **model)
     examples, _ = tokenize_pairs(prompt_response_pairs(task_records("uppercase", "train", 64)), backbone, LENGTH)
     starts = range(0, len(examples), BATCH)
     batches = [collate(examples[start : start + BATCH], backbone.eos_id, pad_to=LENGTH) for start in starts]
@@ -122,6 +131,44 @@ def memory(arm: str, steps: int) -> dict:
     return {"rss_before_training_mb": before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def mfu(steps: int) -> dict:
+    """LoRA and NaRA alone at each size of MFU_MODELS: FLOPs per step over median CPU step time, ÷ the measured peak."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.flops import lora, matmul_peak, nara, shape_of, training_step_flops
+
+    torch.set_num_threads(1)
+    peaks = [matmul_peak(torch.float32, clock=time.process_time)["flops_per_second"]]
+    sizes = {}
+    for name, model in MFU_MODELS.items():
+        arms = {}
+        for arm in MFU_ARMS:
+            setup = build(arm, model)
+            train_step(setup, 0)  # warm-up
+            seconds = statistics.median(train_step(setup, step)[0] for step in range(1, steps + 1))
+            shape = shape_of(setup[0].model.config)
+            flops = training_step_flops(shape, LENGTH, lora(RANK) if arm == "lora" else nara(RANK), batch=BATCH)
+            arms[arm] = {"flops_per_step": flops["total"], "flops_per_token": flops["total"] / (BATCH * LENGTH),
+                         "cpu_step_seconds": seconds, "achieved_flops_per_second": flops["total"] / seconds}
+        sizes[name] = {"model": {"family": "llada", **model}, "arms": arms}
+    peaks.append(matmul_peak(torch.float32, clock=time.process_time)["flops_per_second"])
+    peak = max(peaks)
+    for entry in sizes.values():
+        for row in entry["arms"].values():
+            row["mfu"] = row["achieved_flops_per_second"] / peak
+        entry["nara_over_lora_step_time"] = entry["arms"]["nara"]["cpu_step_seconds"] / entry["arms"]["lora"][
+            "cpu_step_seconds"]
+    return {
+        "peak": {"flops_per_second": peak, "what": "best torch.mm rate, 1024 × 1024 float32, 1 thread, CPU time "
+                 "(time.process_time), best of two 1-second measurements before and after the steps",
+                 "measurements": peaks},
+        "flops": "benchmarks/flops.py training_step_flops: matrix products only, model FLOPs",
+        "steps": steps,
+        "sizes": sizes,
+    }
+
+
 def in_subprocess(mode: str, arm: str, warmup: int, steps: int) -> dict:
     command = [sys.executable, __file__, "--worker", mode, "--arm", arm, "--warmup", str(warmup), "--steps", str(steps)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -141,17 +188,22 @@ def main() -> None:
     parser.add_argument("--memory-runs", type=int, default=3, help="fresh processes per arm for peak RSS")
     parser.add_argument("--quick", action="store_true", help="8 timed steps, 1 memory run per arm")
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to write")
-    parser.add_argument("--worker", choices=("timing", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--mfu-steps", type=int, default=6, help="timed steps per arm and size for MFU")
+    parser.add_argument("--worker", choices=("timing", "memory", "mfu"), help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = timing(args.warmup, args.steps) if args.worker == "timing" else memory(args.arm, args.steps)
+        if args.worker == "mfu":
+            result = mfu(args.steps)
+        else:
+            result = timing(args.warmup, args.steps) if args.worker == "timing" else memory(args.arm, args.steps)
         print(json.dumps(result))
         return
     started = time.perf_counter()
     if args.quick:
-        args.steps, args.memory_runs = 8, 1
+        args.steps, args.memory_runs, args.mfu_steps = 8, 1, 2
     speed = in_subprocess("timing", ARMS[0], args.warmup, args.steps)
+    utilisation = in_subprocess("mfu", ARMS[0], 0, args.mfu_steps)
     memory_runs = [{arm: in_subprocess("memory", arm, 0, 4) for arm in ARMS} for _ in range(args.memory_runs)]
     cpu, wall = speed["cpu_step_seconds"], speed["wall_step_seconds"]
     median = {
@@ -206,10 +258,14 @@ def main() -> None:
         "goals_met": goals,
         "per_step": {"cpu_step_seconds": cpu, "wall_step_seconds": wall},
         "memory_runs": memory_runs,
+        "mfu": utilisation,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"median": median, "ratios": ratios, "goals_met": goals}, indent=2))
+    mfu_summary = {name: {arm: round(row["mfu"], 3) for arm, row in entry["arms"].items()}
+                   for name, entry in utilisation["sizes"].items()}
+    print(json.dumps({"median": median, "ratios": ratios, "goals_met": goals, "mfu": mfu_summary,
+                      "peak_flops_per_second": utilisation["peak"]["flops_per_second"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ parameters as a small model (673 k at r = 32), so running it is what costs, not 
   (…, r) × (r, r) product per layer (mixed λ: one batched product per layer);
 * without autograd (sampling, evaluation) C(λ) is remembered per λ value until a core parameter changes (its
   version counter moves; writes through `.data` bypass it, call `forget()` after those), so a λ seen before —
-  every prompt of an evaluation walks the same λ grid k / gen_length — skips F.
+  every prompt of an evaluation walks the same λ grid k / gen_length — skips F;
+* without autograd, a batch at one λ folds the core into B: each layer computes B' = B · C(λ) once and runs the plain
+  LoRA product (A x) → B' (A x), so sampling costs what LoRA's does. The fold is for inference only: training keeps
+  B (C (A x)), whose gradients it was checked against. The two orders round differently in the last bits (the
+  sampler's canvases stay the same, `tests/test_nara.py`); the folded B' is remembered per core while it fits
+  `FOLD_MEMO_BYTES` for at least `MIN_FOLDS` values of λ (small layers, where the product is a visible share of the
+  work), and recomputed each forward otherwise (large layers, where it costs less than 0.1 % of the layer).
 
 NaRA-C (the paper's ablation) replaces C(λ) by a learned constant I + η · P with P starting at zero.
 """
@@ -36,6 +42,8 @@ from .base import AdapterConfig
 from .lora import LoraLayer
 
 EMBEDDINGS = ("fourier", "mlp", "raw")
+FOLD_MEMO_BYTES = 2 * 2**20  # per layer: folded B' = B · C(λ) remembered for this many bytes of λ values at most
+MIN_FOLDS = 16  # fewer λ values than this fit: remembering would not survive a sampler's λ grid, so fold each forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +130,7 @@ class NoiseCore(nn.Module):
         nn.init.zeros_(last.weight)  # identity-plus-deviation: C = I at step 0
         nn.init.zeros_(last.bias)
         self.hypernetwork = nn.Sequential(*layers, last)
-        self._memo: dict[float, torch.Tensor] = {}  # λ → (r, r), valid while `_memo_stamp` matches the parameters
+        self._memo: dict[float, torch.Tensor] = {}  # λ → (1, r, r), valid while `_memo_stamp` matches the parameters
         self._memo_stamp: tuple = ()
         self._submodules = list(self.modules())  # a plain list: read per forward, cheaper than `parameters()`
 
@@ -154,10 +162,10 @@ class NoiseCore(nn.Module):
         for value in dict.fromkeys(values):
             if value not in self._memo:
                 # Alone, not batched with other new values: C(λ) is then one fixed tensor whatever came before.
-                self._memo[value] = self._compute(torch.tensor([value]))[0]  # (r, r)
+                self._memo[value] = self._compute(torch.tensor([value]))  # (1, r, r)
         if len(set(values)) == 1:
-            return self._memo[values[0]][None]  # (1, r, r)
-        return torch.stack([self._memo[value] for value in values])  # (B, r, r)
+            return self._memo[values[0]]  # (1, r, r), the same tensor each time: layers may key their fold on it
+        return torch.cat([self._memo[value] for value in values])  # (B, r, r)
 
     def forget(self) -> None:
         """Drop the remembered cores: the next forwards run F again."""
@@ -183,9 +191,17 @@ class ConstantCore(nn.Module):
         self.eta = config.eta
         self.deviation = nn.Parameter(torch.zeros(config.rank, config.rank))
 
+        self._remembered: tuple[tuple, torch.Tensor] | None = None  # without autograd: (stamp of P, core)
+
     def forward(self, noise_level: torch.Tensor | None = None) -> torch.Tensor:
+        stamp = (self.deviation._version, self.deviation.data_ptr())
+        if not torch.is_grad_enabled() and self._remembered is not None and self._remembered[0] == stamp:
+            return self._remembered[1]  # the same tensor while P is unchanged: layers keep their fold of it
         identity = torch.eye(self.deviation.shape[0], device=self.deviation.device)
-        return (identity + self.eta * self.deviation)[None]  # (1, r, r)
+        core = (identity + self.eta * self.deviation)[None]  # (1, r, r)
+        if not torch.is_grad_enabled():
+            self._remembered = (stamp, core)
+        return core
 
 
 def group_key(config: NaraCConfig, module_name: str) -> str:
@@ -219,16 +235,41 @@ class SharedCoreMixin:
 class NaraLayer(SharedCoreMixin, LoraLayer):
     """y = W0 x + s · B (C(λ) (A x)) with C read from the router, per sample."""
 
+    fold_at_inference: ClassVar[bool] = True  # see the module docstring, "Speed"; False: always B (C (A x))
+
+    def __init__(self, base_layer: nn.Linear, config: NaraCConfig, name: str, router):
+        super().__init__(base_layer, config, name, router)
+        self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(core) → (core, B · C), core kept alive
+        self._folds_stamp: tuple = ()
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.project_down(x)  # (B, ..., r)
-        core = self.core(down.shape[0]).to(down.dtype)  # (B or 1, r, r)
-        if core.shape[0] == 1:  # one λ for the batch (the sampler's usual case): LoRA plus one r × r product
+        core = self.core(down.shape[0])  # (B or 1, r, r)
+        if core.shape[0] == 1 and self.fold_at_inference and not torch.is_grad_enabled():
+            update = F.linear(down, self._folded(core))  # (B, ..., out): (B · C) (A x), LoRA's cost
+            return update if self.config.scale == 1.0 else self.config.scale * update
+        core = core.to(down.dtype)
+        if core.shape[0] == 1:  # one λ for the batch (training's usual case at batch 1): one r × r product
             mixed = F.linear(down, core[0])  # row-vector form of C · (A x)
         else:
             flat = down.reshape(down.shape[0], -1, down.shape[-1])  # (B, N, r)
             mixed = (flat @ core.transpose(1, 2)).reshape(down.shape)  # per sample
         update = F.linear(mixed, self.lora_B)  # (B, ..., out)
         return update if self.config.scale == 1.0 else self.config.scale * update  # as LoRA: skip a multiply by 1
+
+    def _folded(self, core: torch.Tensor) -> torch.Tensor:
+        """B · C for the core (1, r, r) of this forward: (out, r), remembered while B is unchanged (see MIN_FOLDS)."""
+        remembered = self._folds.get(id(core))
+        stamp = (self.lora_B._version, self.lora_B.data_ptr())
+        if remembered is not None and stamp == self._folds_stamp:
+            return remembered[1]
+        folded = self.lora_B @ core[0].to(self.lora_B.dtype)  # (out, r)
+        capacity = FOLD_MEMO_BYTES // (folded.numel() * folded.element_size())
+        if capacity >= MIN_FOLDS:
+            if stamp != self._folds_stamp or len(self._folds) >= capacity:
+                self._folds, self._folds_stamp = {}, stamp
+            self._folds[id(core)] = (core, folded)
+        return folded
 
     def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """At a fixed λ NaRA is a plain LoRA with B' = B · C(λ): left (out, r) = s · B · C(λ), right (r, in) = A."""
