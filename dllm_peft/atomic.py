@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # torch is imported by the writer of tensors only: `--help` imports this module too
+    import torch
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -30,6 +31,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

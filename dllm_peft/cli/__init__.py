@@ -7,7 +7,10 @@ The only layer that prints; it may import every other layer.
 
 from __future__ import annotations
 
+import re
 import sys
+
+import typer
 
 from ..errors import DllmPeftError
 
@@ -22,15 +25,38 @@ from . import (  # noqa: F401
 )
 from .app import app
 from .console import print_error
+from .help import choices_of
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: runs the app, then exits with its status (2 and one sentence for a mistake)."""
     try:
-        app(args=argv, prog_name="dllm-peft")
+        status = app(args=argv, prog_name="dllm-peft", standalone_mode=False)
     except DllmPeftError as error:
         print_error(str(error))
         sys.exit(2)
     except KeyboardInterrupt:
         print_error("interrupted")
         sys.exit(130)
+    except typer.TyperException as error:  # click's usage errors: a bad choice, an unknown flag, a missing value
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `dllm-peft`: the help, as --help prints it
+            typer.echo(error.format_message())
+            sys.exit(0)
+        if not hasattr(error, "format_message"):
+            raise
+        print_error(usage_sentence(error))
+        sys.exit(getattr(error, "exit_code", 2))
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_sentence(error) -> str:
+    """Click's message as one sentence of ours: a bad choice names the value and the choices."""
+    param = getattr(error, "param", None)
+    choices = choices_of(param) if param is not None else ()
+    if choices:
+        found = re.search(r"('[^']*') is not one of", error.format_message())
+        value = f" {found.group(1)}" if found else ""
+        return f"unknown {param.opts[0]}{value}; choose one of: {', '.join(choices)}"
+    command = getattr(getattr(error, "ctx", None), "command_path", "dllm-peft")
+    message = error.format_message().rstrip(".")
+    return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"

@@ -13,35 +13,34 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..adapters.registry import METHODS
 from ..config import TrainConfig, help_for
 from ..errors import DllmPeftError
-from ..training.recipes import RECIPES, resolve_train_config
-from ..training.train import (
-    CheckpointSaved,
-    DataReport,
-    Resumed,
-    TrainingInterrupted,
-    TrainProgress,
-    TrainReport,
-    train,
-)
-from ..training.validation import ValidationReport
 from .app import app
 from .console import err, out
+from .help import (
+    ChatTemplate,
+    DtypeName,
+    HelpCommand,
+    MethodName,
+    OverlongPolicy,
+    PaddingPolicy,
+    PrecisionName,
+    RecipeName,
+    complete_device,
+)
 
 H = lambda name: help_for(TrainConfig, name)  # noqa: E731
 D = TrainConfig()
 
 
-@app.command("train")
+@app.command("train", cls=HelpCommand)
 def train_command(
     ctx: typer.Context,
-    method: str = typer.Option(D.method, help=f"{H('method')} One of: {', '.join(METHODS)}."),
+    method: MethodName = typer.Option(D.method, help=H("method")),
     model: str = typer.Option(D.model, help=H("model")),
     data: str = typer.Option(D.data, help=H("data")),
     output: str = typer.Option(D.output, help=H("output")),
-    recipe: str = typer.Option(None, help=f"{H('recipe')} One of: {', '.join(RECIPES)}.", show_default=False),
+    recipe: RecipeName = typer.Option(None, help=H("recipe"), show_default=False),
     config: str = typer.Option(None, help=H("config"), show_default=False),
     max_steps: int = typer.Option(D.max_steps, help=H("max_steps")),
     epochs: float = typer.Option(None, help=H("epochs"), show_default=False),
@@ -53,9 +52,9 @@ def train_command(
     dropout: float = typer.Option(D.dropout, help=H("dropout")),
     targets: str = typer.Option(None, help=H("targets"), show_default=False),
     max_length: int = typer.Option(D.max_length, help=H("max_length")),
-    overlong: str = typer.Option(D.overlong, help=H("overlong")),
-    padding: str = typer.Option(D.padding, help=H("padding")),
-    chat_template: str = typer.Option(D.chat_template, help=H("chat_template")),
+    overlong: OverlongPolicy = typer.Option(D.overlong, help=H("overlong")),
+    padding: PaddingPolicy = typer.Option(D.padding, help=H("padding")),
+    chat_template: ChatTemplate = typer.Option(D.chat_template, help=H("chat_template")),
     prompt_field: str = typer.Option(D.prompt_field, help=H("prompt_field")),
     response_field: str = typer.Option(D.response_field, help=H("response_field")),
     val_data: str = typer.Option(None, help=H("val_data"), show_default=False),
@@ -66,9 +65,9 @@ def train_command(
     keep_checkpoints: int = typer.Option(D.keep_checkpoints, help=H("keep_checkpoints")),
     resume: bool = typer.Option(D.resume, help=H("resume")),
     overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
-    precision: str = typer.Option(D.precision, help=H("precision")),
-    dtype: str = typer.Option(D.dtype, help=H("dtype")),
-    device: str = typer.Option(D.device, help=H("device")),
+    precision: PrecisionName = typer.Option(D.precision, help=H("precision")),
+    dtype: DtypeName = typer.Option(D.dtype, help=H("dtype")),
+    device: str = typer.Option(D.device, help=H("device"), autocompletion=complete_device),
     trust_remote_code: bool = typer.Option(D.trust_remote_code, help=H("trust_remote_code")),
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, help=H("gradient_checkpointing")),
     seed: int = typer.Option(D.seed, help=H("seed")),
@@ -78,6 +77,9 @@ def train_command(
     values = dict(locals())
     typed = {name: value for name, value in values.items() if name != "ctx" and _typed(ctx, name)}
     main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, only rank 0 speaks
+    from ..training.recipes import resolve_train_config  # torch is imported here, not for --help
+    from ..training.train import TrainingInterrupted
+
     try:
         settings = resolve_train_config(typed)
         result = _run(settings, main_process)
@@ -118,6 +120,8 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _run(settings: TrainConfig, main_process: bool):
+    from ..training.train import TrainProgress, TrainReport, train
+
     columns = (
         TextColumn("[bold]train[/] {task.fields[method]}"),
         BarColumn(),
@@ -142,7 +146,10 @@ def _run(settings: TrainConfig, main_process: bool):
         return train(settings, on_progress, on_report)
 
 
-def _describe(report: TrainReport, settings: TrainConfig) -> str:
+def _describe(report, settings: TrainConfig) -> str:
+    from ..training.train import CheckpointSaved, DataReport, Resumed
+    from ..training.validation import ValidationReport
+
     if isinstance(report, DataReport):
         lengths = report.lengths
         handled = {"drop": "dropped", "truncate": f"{lengths.truncated} truncated, {lengths.dropped} dropped"}
