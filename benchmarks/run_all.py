@@ -44,6 +44,7 @@ BENCHMARKS = (
     ("multiprocess_equivalence", "multiprocess_equivalence/run.py"),
     ("backbone_loading", "backbone_loading/run.py"),
     ("default_model", "default_model/task_gain.py"),
+    ("startup", "startup/run.py"),
 )
 FULL_RESULTS = BENCHMARKS_DIR / "results"
 QUICK_RESULTS = FULL_RESULTS / "quick"
