@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .. import __version__
+from ..atomic import make_staging_dir
 from ..config import MergeConfig
 from ..errors import DllmPeftError
 from ..models import load_backbone
@@ -101,7 +101,7 @@ def staged_directory(output: Path) -> Iterator[Path]:
     A crash therefore leaves either the previous contents of `output` or the complete new ones, never half of both.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    staging = make_staging_dir(output.parent, prefix=f".{output.name}.", suffix=".tmp")
     try:
         yield staging
     except BaseException:

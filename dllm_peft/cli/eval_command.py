@@ -96,8 +96,16 @@ def _run(config: EvalConfig) -> EvalResults:
     progress = Progress(*columns, console=err, transient=True)
     bars: dict[tuple[str, str], int] = {}
 
+    logged: dict[tuple[str, str], int] = {}  # piped to a file: a line per tenth of each bar instead of the bars
+
     def on_progress(update: EvalProgress) -> None:
         key = (update.run, update.kind)
+        if not err.is_terminal:
+            tenth = 10 * update.done // max(1, update.total)
+            if logged.get(key, -1) < tenth:
+                logged[key] = tenth
+                err.print(f"{update.run} · {update.kind} {update.done}/{update.total}", highlight=False)
+            return
         if not bars:
             progress.start()  # only once work runs: an early error is then printed alone
         if key not in bars:

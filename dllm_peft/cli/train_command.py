@@ -130,11 +130,17 @@ def _run(settings: TrainConfig, main_process: bool):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False, disable=not main_process) as progress:
+    logging = main_process and not err.is_terminal  # piped to a file: a line every 5 % of the run, no bar
+    with Progress(*columns, console=err, transient=False, disable=not main_process or logging) as progress:
         tasks: list = []  # the bar appears with the first step, after the data and model checks have passed
 
         def on_progress(update: TrainProgress) -> None:
             fields = {"loss": update.loss, "lr": update.lr, "tps": update.tokens_per_second}
+            if logging and (update.step % max(1, update.max_steps // 20) == 0 or update.step == update.max_steps):
+                err.print(
+                    f"step {update.step}/{update.max_steps} loss {update.loss:.4f} lr {update.lr:.2e} "
+                    f"{update.tokens_per_second:,.0f} tok/s", highlight=False,
+                )
             if not tasks:  # a resumed run's bar starts where the run stands
                 start = {"total": update.max_steps, "completed": update.step - 1, "method": settings.method}
                 tasks.append(progress.add_task("train", **start, **fields))

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from ..adapters.files import (
     read_adapter,
     save_adapter,
 )
+from ..atomic import make_staging_dir
 from ..config import TrainConfig
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
@@ -181,7 +181,7 @@ def save_checkpoint(
     if final.exists():  # e.g. Ctrl-C right after a periodic save: that checkpoint is this state
         return final
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{state.step}.", suffix=".partial"))
+    staging = make_staging_dir(root, prefix=f".step-{state.step}.", suffix=".partial")
     try:
         adapter_tensors, optimizer_state = gathered
         save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}}, tensors=adapter_tensors)
