@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..config import EvalConfig, SamplerConfig, help_for
+from ..errors import require_extra
 from .app import app
 from .help import (
     CacheName,
@@ -74,6 +75,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model or adapter (with its base) on tasks: commonsense, math, code, arc, or single tasks."""
     flags = {name: value for name, value in locals().items() if name != "ctx"}
+    require_extra("lm_eval", "eval", "dllm-peft eval")
     typed_sampler = {name: value for name, value in flags.items() if name in SAMPLER_FIELDS and _typed(ctx, name)}
     config = EvalConfig(sampler=typed_sampler, **{k: v for k, v in flags.items() if k not in SAMPLER_FIELDS})
     results = _run(config)

@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from ..config import InspectConfig, help_for
+from ..errors import require_extra
 from .app import app
 from .help import HelpCommand
 
@@ -34,6 +35,8 @@ def inspect_command(
 ) -> None:
     """Report an adapter's settings, parameter counts and per-noise-level update norms (works on the file alone)."""
     config = InspectConfig(**{name: value for name, value in locals().items()})
+    if config.plot is not None:
+        require_extra("matplotlib", "plot", "dllm-peft inspect --plot")
     from ..adapters.summary import adapter_in_backbone, standalone_adapter, summarize
     from ..models import load_backbone
 
