@@ -1,5 +1,5 @@
 """The README is a front page that stays true: CI runs its first commands, every command it shows runs, every output
-block is written by `benchmarks/readme_examples/run.py`, every link resolves, and it stays under 15,000 characters."""
+block is written by `benchmarks/readme_examples/render.py`, every link resolves, and it stays under 15,000 characters."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from dllm_peft.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 EXAMPLE_BLOCK = re.compile(r"<!-- example:(\w+) -->\n```text\n\$ (.*?)\n(.*?)```\n<!-- /example:\1 -->", re.S)
-# Shortened for the test suite (a later flag wins): the README's own run is `benchmarks/readme_examples/run.py`.
+# Shortened for the test suite (a later flag wins): the README's own run is `benchmarks/readme_examples/render.py`.
 QUICK = {"train": ["--max-steps", "5", "--val-size", "4", "--eval-every", "0"], "eval": ["--limit", "4"]}
 
 
 def examples_script():
-    spec = importlib.util.spec_from_file_location("readme_examples", ROOT / "benchmarks/readme_examples/run.py")
+    spec = importlib.util.spec_from_file_location("readme_examples", ROOT / "benchmarks/readme_examples/render.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

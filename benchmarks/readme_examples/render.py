@@ -6,7 +6,7 @@ replaces the block between `<!-- example:NAME -->` and `<!-- /example:NAME -->` 
 per-5 % progress lines and eval's progress lines are left out, marked by one `…` line. One torch thread, as
 `benchmarks/run_all.py` runs the benchmarks: the figures of this tiny task move with the thread count.
 
-    python benchmarks/readme_examples/run.py      # ≈ 3–5 min on 2 cores; rewrites README.md, writes the JSON
+    python benchmarks/readme_examples/render.py      # ≈ 3–5 min on 2 cores; rewrites README.md, writes the JSON
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def kept_lines(output: str) -> list[str]:
                 lines.append("…")
         else:
             lines.append(line.rstrip())
+    while lines and not lines[-1]:
+        lines.pop()
     return lines
 
 
