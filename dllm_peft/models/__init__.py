@@ -88,7 +88,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         resolved = torch.device(device)
     except RuntimeError:
         raise DllmPeftError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    fallback = "use --device auto or cpu"
+    fallback = "use --device cpu or auto"
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise DllmPeftError(f"--device {device} was asked for but no CUDA device is available; {fallback}")
