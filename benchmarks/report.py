@@ -1,6 +1,6 @@
 """Render the benchmark tables from `benchmarks/results/*.json` into the READMEs: no figure in them is hand-typed.
 
-    python benchmarks/report.py                        # rewrites the blocks in README.md and benchmarks/README.md
+    python benchmarks/report.py                        # rewrites the blocks in docs/benchmarks.md, docs/methods.md, benchmarks/*README.md
     python benchmarks/report.py --results benchmarks/results/quick --tables benchmarks/results/quick/tables.md
 
 A block is the text between `<!-- benchmarks:NAME -->` and `<!-- /benchmarks:NAME -->`; everything outside the
@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", *(ROOT / "benchmarks" / name for name in ("README.md", "loglikelihood/README.md",
-                                                                         "sampler/README.md")))
+READMES = (
+    ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "methods.md",
+    *(ROOT / "benchmarks" / name for name in ("README.md", "loglikelihood/README.md", "sampler/README.md")),
+)
 MISSING = "—"
 
 

@@ -46,6 +46,7 @@ BENCHMARKS = (
     ("backbone_loading", "backbone_loading/run.py"),
     ("default_model", "default_model/task_gain.py"),
     ("kill_resume", "kill_resume/run.py"),
+    ("startup", "startup/run.py"),
 )
 GPU_ONLY = ("gpu/run.py",)  # needs a CUDA device: run by hand (benchmarks/gpu/README.md)
 FULL_RESULTS = BENCHMARKS_DIR / "results"

@@ -37,14 +37,14 @@ DEFAULT_NOISE_LEVELS = "0.1,0.3,0.5,0.7,0.9"
 class TrainConfig:
     """A training run. `recipes.resolve_train_config` layers defaults < --recipe < --config file < explicit flags."""
 
-    method: str = option("nara", "Adapter method (see `dllm-peft train --help` for the list).")
+    method: str = option("nara", "Adapter method; NaRA is the noise-conditioned low-rank update.")
     model: str = option(DEFAULT_MODEL, "Base model: a built-in name or a local checkpoint directory.")
     data: str = option(
         DEFAULT_DATA, "Training data: a .jsonl/.json file, a datasets directory, a hub dataset name or builtin:<task>."
     )
     output: str = option("out", "Directory the adapter, checkpoints and metrics.jsonl are written to.")
     recipe: str | None = option(None, "Preset of the reference hyperparameters; explicit flags override it.")
-    config: str | None = option(None, "YAML or TOML file of settings (keys = these flag names); flags override it.")
+    config: str | None = option(None, "Settings file: YAML, TOML or a run's own train_config.json (keys = flag names); flags override it.")
     max_steps: int | None = option(600, "Optimizer steps to run (with --epochs: an upper bound).")
     epochs: float | None = option(None, "Passes over the training data; sets the number of steps.")
     lr: float = option(3e-3, "Peak learning rate of AdamW (β 0.9/0.95, weight decay 0.05, linear, 5% warm-up).")
@@ -82,7 +82,7 @@ class TrainConfig:
     overwrite: bool = option(False, "Replace the adapter or run already in --output.")
     precision: str = option("auto", "Autocast: auto (bf16, else fp16, on CUDA; fp32 on CPU), fp32, bf16 or fp16.")
     dtype: str = option("auto", "dtype of the frozen base: auto, float32, bfloat16 or float16 (adapters stay float32).")
-    device: str = option("auto", "Device: auto, cpu or cuda (under `accelerate launch`: each process's own GPU).")
+    device: str = option("auto", "Device: auto (cuda, else mps, else cpu), cpu, cuda or mps (under `accelerate launch`: each process's GPU).")
     trust_remote_code: bool = option(False, "Allow running the model code a checkpoint ships (a security risk).")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward: less memory, about 30% slower.")
     seed: int = option(0, "Random seed (data order, masking, dropout, adapter init).")
@@ -217,11 +217,14 @@ class SamplerConfig:
             raise DllmPeftError("--gen-length, --steps and --block-length must be at least 1")
         if self.gen_length % self.block_length:
             raise DllmPeftError(
-                f"--gen-length {self.gen_length} is not divisible by --block-length {self.block_length}"
+                f"--gen-length {self.gen_length} is not divisible by --block-length {self.block_length}; pass a "
+                f"--block-length that divides it, or leave it out (it then equals --gen-length)"
             )
         blocks = self.gen_length // self.block_length
         if self.steps < blocks or self.steps % blocks:
-            raise DllmPeftError(f"--steps {self.steps} must be a positive multiple of the {blocks} block(s)")
+            raise DllmPeftError(
+                f"--steps {self.steps} must be a positive multiple of the {blocks} block(s), e.g. {self.gen_length}"
+            )
         if self.remasking not in REMASKING:
             raise DllmPeftError(f"unknown --remasking {self.remasking!r}; choose {' or '.join(REMASKING)}")
         if self.cache not in CACHES:
@@ -263,7 +266,7 @@ class MergeConfig:
     dtype: str = option(
         "auto", "dtype of the written checkpoint: auto (the base's own: bfloat16 stays bfloat16), float32, bfloat16, float16."
     )
-    device: str = option("auto", "Device the merge runs on: auto, cpu or cuda.")
+    device: str = option("auto", "Device the merge runs on: auto (cuda, else mps, else cpu), cpu, cuda or mps.")
     max_shard_size: str = option("5GB", "Largest safetensors shard of the checkpoint, e.g. 2GB or 500MB.")
     overwrite: bool = option(False, "Replace what --output already holds.")
 
@@ -321,7 +324,7 @@ class SampleConfig:
     """What `dllm-peft sample` runs on and writes; the sampler's own settings are a `SamplerConfig`."""
 
     model: str | None = option(
-        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else tiny-llada."
+        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else dllm-tiny."
     )
     adapter: str | None = option(None, "Adapter to sample with: its directory or its .safetensors file.")
     prompt: str | None = option(None, "The prompt to answer (or use --prompts-file).")
@@ -335,7 +338,7 @@ class SampleConfig:
         "auto", "auto: put each prompt through the tokenizer's chat template if it has one (as training does); none."
     )
     dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
-    device: str = option("auto", "Device the model runs on: auto, cpu or cuda.")
+    device: str = option("auto", "Device the model runs on: auto (cuda, else mps, else cpu), cpu, cuda or mps.")
 
     def __post_init__(self) -> None:
         if self.chat_template not in ("auto", "none"):
@@ -354,7 +357,7 @@ class EvalConfig:
     """What `dllm-peft eval` measures; `sampler` holds the sampler flags that were set (`SamplerConfig` fields)."""
 
     model: str | None = option(
-        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else tiny-llada."
+        None, "Base model: a built-in name or a checkpoint; default: the adapter's base model, else dllm-tiny."
     )
     adapter: str | None = option(None, "Adapter to evaluate: its directory or its .safetensors file.")
     tasks: str = option(
@@ -380,7 +383,7 @@ class EvalConfig:
     chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
     seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
     dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
-    device: str = option("auto", "Device the model runs on: auto, cpu or cuda.")
+    device: str = option("auto", "Device the model runs on: auto (cuda, else mps, else cpu), cpu, cuda or mps.")
     trust_remote_code: bool = option(False, "Allow running the model code a checkpoint ships (a security risk).")
     sampler: dict = option({}, "Sampler settings that were set (SamplerConfig fields); unset lengths follow the task.")
 

@@ -20,11 +20,10 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, make_staging_dir
 from .errors import DllmPeftError
 
 MANIFEST = ".dllm-peft-files.json"
@@ -143,7 +142,7 @@ def replaced_when_complete(output: Path, command: str) -> Iterator[Path]:
         shutil.rmtree(leftover, ignore_errors=True)
     advice = f"{output} keeps what it held before; free space or choose another --output"
     with storage_errors(f"writing the {command} result", advice):
-        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".staging"))
+        staging = make_staging_dir(output.parent, prefix=f".{output.name}.", suffix=".staging")  # umask mode
         try:
             yield staging
         except BaseException:

@@ -53,7 +53,7 @@ def bad(argv, capsys, expected):
 
 
 def test_unknown_method(tmp_path, capsys):
-    bad(["train", "--method", "loraa", "--output", str(tmp_path / "o")], capsys, "unknown method 'loraa'; choose one of: lora")
+    bad(["train", "--method", "loraa", "--output", str(tmp_path / "o")], capsys, "unknown --method 'loraa'; choose one of: lora")
 
 
 def test_targets_that_match_nothing(tmp_path, capsys):
@@ -86,4 +86,4 @@ def test_the_console_script_prints_no_traceback(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "unknown method 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr and "unknown --method 'nope'" in result.stderr

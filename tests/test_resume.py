@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from dllm_peft.adapters.files import read_adapter
-from dllm_peft.cli import main, train_command
+from dllm_peft.cli import main
 from dllm_peft.training.checkpoint import checkpoint_steps
 from dllm_peft.training.metrics import read_metrics
 
@@ -72,8 +73,9 @@ def test_killed_or_stopped_runs_resume_bit_identical(tmp_path, monkeypatch, caps
 
         return real_train(settings, progress, on_report)
 
-    real_train = train_command.train
-    monkeypatch.setattr(train_command, "train", train_with_ctrl_c)
+    training_loop = importlib.import_module("dllm_peft.training.train")  # the CLI imports it when a run starts
+    real_train = training_loop.train
+    monkeypatch.setattr(training_loop, "train", train_with_ctrl_c)
     with pytest.raises(SystemExit) as exit_info:
         main([*RUN, "--output", str(tmp_path / "stopped")])
     monkeypatch.undo()

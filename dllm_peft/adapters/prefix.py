@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import DllmPeftError
+from ..models.llada import output_cache
 from .prompt import PromptTuningConfig, VirtualTokens
 
 
@@ -48,7 +49,7 @@ class PrefixTuning(VirtualTokens):
         vocabulary = model.config.vocab_size
         tokens = torch.randint(0, vocabulary, (1, self.count)).to(next(model.parameters()).device)
         with torch.no_grad():
-            cache = model(input_ids=tokens, use_cache=True).past_key_values
+            cache = output_cache(model(input_ids=tokens, use_cache=True))
         # (layers, n_kv_heads, n, head_dim), the layout of one sequence's cache
         self.keys = nn.Parameter(torch.stack([key[0] for key, _ in cache]).float())
         self.values = nn.Parameter(torch.stack([value[0] for _, value in cache]).float())

@@ -7,9 +7,10 @@ The only layer that prints; it may import every other layer.
 
 from __future__ import annotations
 
+import re
 import sys
 
-from typer._click.exceptions import UsageError  # typer bundles its own click
+import typer
 from typer.exceptions import Abort
 
 from ..errors import DllmPeftError
@@ -25,23 +26,38 @@ from . import (  # noqa: F401
 )
 from .app import app
 from .console import print_error
+from .help import choices_of
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    """Console-script entry point: runs the app, then exits with its status (2 and one sentence for a mistake)."""
     try:
-        if not args:
-            app(args=args, prog_name="dllm-peft")  # the help (no_args_is_help); exits
-        code = app(args=args, prog_name="dllm-peft", standalone_mode=False)
+        status = app(args=argv, prog_name="dllm-peft", standalone_mode=False)
     except DllmPeftError as error:
         print_error(str(error))
         sys.exit(2)
-    except UsageError as error:  # a wrong flag, type or command: one sentence, not typer's boxed usage
-        where = error.ctx.command_path if error.ctx is not None else "dllm-peft"
-        print_error(f"{error.format_message().rstrip('.')}; see `{where} --help`")
-        sys.exit(2)
-    except (KeyboardInterrupt, Abort):
+    except (KeyboardInterrupt, Abort):  # Ctrl-C, also while the command is still starting
         print_error("interrupted")
         sys.exit(130)
-    sys.exit(0 if code is None else code)  # a command that returns normally succeeded
+    except typer.TyperException as error:  # click's usage errors: a bad choice, an unknown flag, a missing value
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `dllm-peft`: the help, as --help prints it
+            typer.echo(error.format_message())
+            sys.exit(0)
+        if not hasattr(error, "format_message"):
+            raise
+        print_error(usage_sentence(error))
+        sys.exit(getattr(error, "exit_code", 2))
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_sentence(error) -> str:
+    """Click's message as one sentence of ours: a bad choice names the value and the choices."""
+    param = getattr(error, "param", None)
+    choices = choices_of(param) if param is not None else ()
+    if choices:
+        found = re.search(r"('[^']*') is not one of", error.format_message())
+        value = f" {found.group(1)}" if found else ""
+        return f"unknown {param.opts[0]}{value}; choose one of: {', '.join(choices)}"
+    command = getattr(getattr(error, "ctx", None), "command_path", "dllm-peft")
+    message = error.format_message().rstrip(".")
+    return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"

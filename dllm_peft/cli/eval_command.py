@@ -10,30 +10,30 @@ per few percent or minute says the same. Under `accelerate launch` only rank 0 p
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
+import os
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..config import (
-    CACHES,
-    EOS_SUPPRESSION,
-    REMASKING,
-    EvalConfig,
-    SamplerConfig,
-    help_for,
-)
-from ..evaluation.evaluate import EvalProgress, EvalResults, evaluate, samples_path
-from ..evaluation.progress import PlainProgress
+from ..config import EvalConfig, SamplerConfig, help_for
+from ..errors import require_extra
 from .app import app
+from .help import (
+    CacheName,
+    ChatTemplate,
+    DtypeName,
+    EosSuppression,
+    HelpCommand,
+    ProtocolName,
+    RemaskingName,
+    complete_device,
+)
+
+if TYPE_CHECKING:  # torch and lm-eval load when the command runs, not for --help
+    from ..evaluation.evaluate import EvalProgress, EvalResults
 from .console import err, out
 
 SAMPLER_FIELDS = {field.name for field in dataclasses.fields(SamplerConfig)}
@@ -43,7 +43,7 @@ E = EvalConfig()
 S = SamplerConfig()
 
 
-@app.command("eval")
+@app.command("eval", cls=HelpCommand)
 def eval_command(
     ctx: typer.Context,
     model: str = typer.Option(None, help=H("model"), show_default=False),
@@ -52,31 +52,29 @@ def eval_command(
     data_dir: str = typer.Option(None, help=H("data_dir"), show_default=False),
     limit: int = typer.Option(None, help=H("limit"), show_default=False),
     num_fewshot: int = typer.Option(E.num_fewshot, help=H("num_fewshot")),
-    protocol: str = typer.Option(E.protocol, help=H("protocol")),
+    protocol: ProtocolName = typer.Option(E.protocol, help=H("protocol")),
     output: str = typer.Option(None, help=H("output"), show_default=False),
     log_samples: bool = typer.Option(E.log_samples, help=H("log_samples")),
     allow_code_execution: bool = typer.Option(E.allow_code_execution, help=H("allow_code_execution")),
     compare_base: bool = typer.Option(E.compare_base, help=H("compare_base")),
     mc_num: int = typer.Option(E.mc_num, help=H("mc_num")),
     batch_size: int = typer.Option(E.batch_size, help=H("batch_size")),
-    chat_template: str = typer.Option(E.chat_template, help=H("chat_template")),
+    chat_template: ChatTemplate = typer.Option(E.chat_template, help=H("chat_template")),
     seed: int = typer.Option(E.seed, help=H("seed")),
-    dtype: str = typer.Option(E.dtype, help=H("dtype")),
-    device: str = typer.Option(E.device, help=H("device")),
+    dtype: DtypeName = typer.Option(E.dtype, help=H("dtype")),
+    device: str = typer.Option(E.device, help=H("device"), autocompletion=complete_device),
     trust_remote_code: bool = typer.Option(E.trust_remote_code, help=H("trust_remote_code")),
     gen_length: int = typer.Option(None, help=H("gen_length") + PER_TASK, show_default=False),
     steps: int = typer.Option(None, help=H("steps") + " Default: --gen-length.", show_default=False),
     block_length: int = typer.Option(None, help=H("block_length") + " Default: --gen-length.", show_default=False),
-    remasking: str = typer.Option(S.remasking, help=f"{H('remasking')} One of: {', '.join(REMASKING)}."),
+    remasking: RemaskingName = typer.Option(S.remasking, help=H("remasking")),
     temperature: float = typer.Option(S.temperature, help=H("temperature")),
     cfg_scale: float = typer.Option(S.cfg_scale, help=H("cfg_scale")),
     threshold: float = typer.Option(None, help=H("threshold"), show_default=False),
-    cache: str = typer.Option(S.cache, help=f"{H('cache')} One of: {', '.join(CACHES)}."),
+    cache: CacheName = typer.Option(S.cache, help=H("cache")),
     cache_refresh: int = typer.Option(S.cache_refresh, help=H("cache_refresh")),
     entropy_bound: float = typer.Option(None, help=H("entropy_bound"), show_default=False),
-    eos_suppression: str = typer.Option(
-        S.eos_suppression, help=f"{H('eos_suppression')} One of: {', '.join(EOS_SUPPRESSION)}."
-    ),
+    eos_suppression: EosSuppression = typer.Option(S.eos_suppression, help=H("eos_suppression")),
     stop_at_eos: bool = typer.Option(S.stop_at_eos, help=H("stop_at_eos")),
     schedule: str = typer.Option(S.schedule, help=H("schedule")),
     alg: str = typer.Option(S.alg, help=H("alg")),
@@ -86,6 +84,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model or adapter (with its base) on tasks: commonsense, math, code, arc, or single tasks."""
     flags = {name: value for name, value in locals().items() if name != "ctx"}
+    require_extra("lm_eval", "eval", "dllm-peft eval")
     typed_sampler = {name: value for name, value in flags.items() if name in SAMPLER_FIELDS and _typed(ctx, name)}
     config = EvalConfig(sampler=typed_sampler, **{k: v for k, v in flags.items() if k not in SAMPLER_FIELDS})
     results = _run(config)
@@ -95,6 +94,8 @@ def eval_command(
     if config.output:
         out.print(f"  wrote {config.output} and {Path(config.output).with_suffix('.md')}")
     if results.samples:
+        from ..evaluation.evaluate import samples_path
+
         out.print(f"  wrote per-document samples to {samples_path(Path(config.output), '*', '*').parent}/")
 
 
@@ -105,6 +106,9 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _run(config: EvalConfig) -> EvalResults:
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.progress import PlainProgress
+
     columns = (TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
     progress = Progress(*columns, console=err, transient=True)

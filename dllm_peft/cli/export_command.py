@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import typer
 
-from ..adapters.export import (
-    MODEL_CARD_FILE,
-    PEFT_CONFIG_FILE,
-    PEFT_WEIGHTS_FILE,
-    export_adapter,
-)
-from ..config import EXPORT_FORMATS, ExportConfig, help_for
+from ..config import ExportConfig, help_for
 from .app import app
 from .console import out
+from .help import ExportFormat, HelpCommand
 
 H = lambda name: help_for(ExportConfig, name)  # noqa: E731
 D = ExportConfig()
 
 
-@app.command("export")
+@app.command("export", cls=HelpCommand)
 def export_command(
     adapter: str = typer.Option(D.adapter, help=H("adapter")),
-    format: str = typer.Option(D.format, help=f"{H('format')} One of: {', '.join(EXPORT_FORMATS)}."),  # noqa: A002
+    format: ExportFormat = typer.Option(D.format, help=H("format")),  # noqa: A002
     noise_level: float = typer.Option(None, help=H("noise_level")),
     output: str = typer.Option(D.output, help=H("output")),
     overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
 ) -> None:
     """Export an adapter as a stock PEFT LoRA directory (NaRA at a chosen --noise-level: B' = B·C(λ))."""
     config = ExportConfig(**{name: value for name, value in locals().items()})
+    from ..adapters.export import (  # torch loads here
+        MODEL_CARD_FILE,
+        PEFT_CONFIG_FILE,
+        PEFT_WEIGHTS_FILE,
+        export_adapter,
+    )
+
     result = export_adapter(config)
     at = "" if result.noise_level is None else f" at λ = {result.noise_level:g}"
     out.print(

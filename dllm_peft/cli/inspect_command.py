@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json as json_module
 import math
+from typing import TYPE_CHECKING
 
 import typer
 from rich import box
 from rich.table import Table
 
-from ..adapters.summary import (
-    AdapterSummary,
-    adapter_in_backbone,
-    standalone_adapter,
-    summarize,
-)
 from ..config import InspectConfig, help_for
-from ..models import load_backbone
-from ..outputs import check_output_path
+from ..errors import require_extra
 from .app import app
+from .help import HelpCommand
+
+if TYPE_CHECKING:  # torch loads when the command runs, not for --help
+    from ..adapters.summary import AdapterSummary
 from .console import out
 
 H = lambda name: help_for(InspectConfig, name)  # noqa: E731
@@ -27,7 +25,7 @@ D = InspectConfig()
 COMPACT = {"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1), "collapse_padding": True}
 
 
-@app.command("inspect")
+@app.command("inspect", cls=HelpCommand)
 def inspect_command(
     adapter: str = typer.Argument(..., help=H("adapter")),
     levels: int = typer.Option(D.levels, help=H("levels")),
@@ -38,7 +36,13 @@ def inspect_command(
     """Report an adapter's settings, parameter counts and per-noise-level update norms (works on the file alone)."""
     config = InspectConfig(**{name: value for name, value in locals().items()})
     if config.plot is not None:
+        require_extra("matplotlib", "plot", "dllm-peft inspect --plot")
+        from ..outputs import check_output_path
+
         check_output_path(config.plot, "--plot", "file")  # before any work
+    from ..adapters.summary import adapter_in_backbone, standalone_adapter, summarize
+    from ..models import load_backbone
+
     if config.model is None:
         parts = standalone_adapter(config.adapter)
     else:

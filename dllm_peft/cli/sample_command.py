@@ -11,22 +11,32 @@ import dataclasses
 import json
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from ..adapters.files import atomic_write_bytes, load_adapter, read_adapter
+from ..atomic import atomic_write_bytes
 from ..config import DEFAULT_MODEL, SampleConfig, SamplerConfig, help_for
-from ..data.records import format_prompt, read_json_records, read_utf8
-from ..diffusion.sampler import SampleResult, sample
 from ..errors import DllmPeftError
-from ..models import load_backbone
-from ..models.backbone import Backbone
-from ..outputs import check_output_path, storage_errors
 from .app import app
+from .help import (
+    CacheName,
+    ChatTemplate,
+    DtypeName,
+    EosSuppression,
+    HelpCommand,
+    RemaskingName,
+    complete_device,
+)
+
+if TYPE_CHECKING:  # torch and the model layers load when a command runs, not for --help
+    import torch
+
+    from ..diffusion.sampler import SampleResult
+    from ..models.backbone import Backbone
 from .console import err, out
 
 MASK_GLYPH = "░"
@@ -36,7 +46,7 @@ S = {field.name: field.default for field in dataclasses.fields(SampleConfig)}  #
 D = SamplerConfig()
 
 
-@app.command("sample")
+@app.command("sample", cls=HelpCommand)
 def sample_command(
     model: str = typer.Option(None, help=H("model")),
     adapter: str = typer.Option(None, help=H("adapter")),
@@ -45,33 +55,41 @@ def sample_command(
     output: str = typer.Option(None, help=H("output")),
     seed: int = typer.Option(S["seed"], help=H("seed")),
     batch_size: int = typer.Option(S["batch_size"], help=H("batch_size")),
-    chat_template: str = typer.Option(S["chat_template"], help=H("chat_template")),
-    dtype: str = typer.Option(S["dtype"], help=H("dtype")),
-    device: str = typer.Option(S["device"], help=H("device")),
+    chat_template: ChatTemplate = typer.Option(S["chat_template"], help=H("chat_template")),
+    dtype: DtypeName = typer.Option(S["dtype"], help=H("dtype")),
+    device: str = typer.Option(S["device"], help=H("device"), autocompletion=complete_device),
     gen_length: int = typer.Option(D.gen_length, help=H("gen_length")),
-    steps: int = typer.Option(D.steps, help=H("steps")),
-    block_length: int = typer.Option(D.block_length, help=H("block_length")),
-    remasking: str = typer.Option(D.remasking, help=H("remasking")),
+    steps: int = typer.Option(None, help=H("steps") + " Default: --gen-length.", show_default=False),
+    block_length: int = typer.Option(None, help=H("block_length") + " Default: --gen-length.", show_default=False),
+    remasking: RemaskingName = typer.Option(D.remasking, help=H("remasking")),
     temperature: float = typer.Option(D.temperature, help=H("temperature")),
     cfg_scale: float = typer.Option(D.cfg_scale, help=H("cfg_scale")),
     threshold: float = typer.Option(None, help=H("threshold")),
-    cache: str = typer.Option(D.cache, help=H("cache")),
+    cache: CacheName = typer.Option(D.cache, help=H("cache")),
     cache_refresh: int = typer.Option(D.cache_refresh, help=H("cache_refresh")),
     entropy_bound: float = typer.Option(None, help=H("entropy_bound")),
-    eos_suppression: str = typer.Option(D.eos_suppression, help=H("eos_suppression")),
-    stop_at_eos: bool = typer.Option(D.stop_at_eos, help=H("stop_at_eos")),
+    eos_suppression: EosSuppression = typer.Option(D.eos_suppression, help=H("eos_suppression")),
     schedule: str = typer.Option(D.schedule, help=H("schedule")),
     alg: str = typer.Option(D.alg, help=H("alg")),
     alg_temp: float = typer.Option(None, help=H("alg_temp")),
     top_p: float = typer.Option(None, help=H("top_p")),
     top_k: int = typer.Option(None, help=H("top_k")),
+    stop_at_eos: bool = typer.Option(D.stop_at_eos, help=H("stop_at_eos")),
 ) -> None:
     """Generate text with the masked-diffusion sampler (live view in a terminal; JSONL with --output)."""
     flags = dict(locals())
+    # LLaDA's own default: one block as long as the generation, one step per token
+    flags["block_length"] = block_length or gen_length
+    flags["steps"] = steps or gen_length
     sampler_config = SamplerConfig(**{name: value for name, value in flags.items() if name in SAMPLER_FIELDS})
     config = SampleConfig(**{name: value for name, value in flags.items() if name not in SAMPLER_FIELDS})
+    from ..data.records import format_prompt  # torch loads with the model, not for --help
+    from ..diffusion.sampler import sample
+    from ..outputs import check_output_path
+
     if config.output is not None:
         check_output_path(config.output, "--output", "file")  # before any work
+
     texts = read_prompts(config)
     backbone = _load(config)
     prompts = [backbone.encode(format_prompt(backbone.tokenizer, text, config.chat_template)) for text in texts]
@@ -93,6 +111,8 @@ def read_prompts(config: SampleConfig) -> list[str]:
     if not path.is_file():
         raise DllmPeftError(f"prompts file {config.prompts_file!r} does not exist")
     if path.suffix in (".json", ".jsonl"):
+        from ..data.records import read_json_records, read_utf8
+
         records = read_json_records(path)  # the training data's reader: one sentence per malformed line
         prompts = [_prompt_of(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
     else:
@@ -116,6 +136,9 @@ def _prompt_of(record, where: str) -> str:
 
 def _load(config: SampleConfig) -> Backbone:
     """The backbone (named, the adapter's base, or the default) with the adapter loaded into it."""
+    from ..adapters.files import load_adapter, read_adapter
+    from ..models import load_backbone
+
     name = config.model
     if name is None:
         name = read_adapter(config.adapter)[0].get("base_model", DEFAULT_MODEL) if config.adapter else DEFAULT_MODEL
@@ -128,6 +151,8 @@ def _load(config: SampleConfig) -> Backbone:
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
+    import torch
+
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -151,6 +176,8 @@ def _records(backbone: Backbone, texts: list[str], result: SampleResult) -> list
 def _report(config: SampleConfig, records: list[dict]) -> None:
     if config.output is not None:
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        from ..outputs import storage_errors
+
         with storage_errors(f"writing {config.output}", "free space or choose another --output"):
             atomic_write_bytes(Path(config.output), lines.encode("utf-8"))
     else:

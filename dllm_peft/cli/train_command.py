@@ -13,37 +13,33 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..adapters.files import CONFIG_FILE, WEIGHTS_FILE
-from ..adapters.registry import METHODS
 from ..config import TrainConfig, help_for
 from ..errors import DllmPeftError
-from ..training.recipes import RECIPES, resolve_train_config
-from ..training.train import (
-    CheckpointSaved,
-    DataReport,
-    NoiseLevelCoverage,
-    Resumed,
-    TrainingInterrupted,
-    TrainProgress,
-    TrainReport,
-    train,
-)
-from ..training.validation import ValidationReport
 from .app import app
 from .console import err, out
+from .help import (
+    ChatTemplate,
+    DtypeName,
+    HelpCommand,
+    MethodName,
+    OverlongPolicy,
+    PrecisionName,
+    RecipeName,
+    complete_device,
+)
 
 H = lambda name: help_for(TrainConfig, name)  # noqa: E731
 D = TrainConfig()
 
 
-@app.command("train")
+@app.command("train", cls=HelpCommand)
 def train_command(
     ctx: typer.Context,
-    method: str = typer.Option(D.method, help=f"{H('method')} One of: {', '.join(METHODS)}."),
+    method: MethodName = typer.Option(D.method, help=H("method")),
     model: str = typer.Option(D.model, help=H("model")),
     data: str = typer.Option(D.data, help=H("data")),
     output: str = typer.Option(D.output, help=H("output")),
-    recipe: str = typer.Option(None, help=f"{H('recipe')} One of: {', '.join(RECIPES)}.", show_default=False),
+    recipe: RecipeName = typer.Option(None, help=H("recipe"), show_default=False),
     config: str = typer.Option(None, help=H("config"), show_default=False),
     max_steps: int = typer.Option(D.max_steps, help=H("max_steps")),
     epochs: float = typer.Option(None, help=H("epochs"), show_default=False),
@@ -56,9 +52,9 @@ def train_command(
     dropout: float = typer.Option(D.dropout, help=H("dropout")),
     targets: str = typer.Option(None, help=H("targets"), show_default=False),
     max_length: int = typer.Option(D.max_length, help=H("max_length")),
-    overlong: str = typer.Option(D.overlong, help=H("overlong")),
+    overlong: OverlongPolicy = typer.Option(D.overlong, help=H("overlong")),
     padding: str = typer.Option(D.padding, help=H("padding")),
-    chat_template: str = typer.Option(D.chat_template, help=H("chat_template")),
+    chat_template: ChatTemplate = typer.Option(D.chat_template, help=H("chat_template")),
     prompt_field: str = typer.Option(D.prompt_field, help=H("prompt_field")),
     response_field: str = typer.Option(D.response_field, help=H("response_field")),
     val_data: str = typer.Option(None, help=H("val_data"), show_default=False),
@@ -69,9 +65,9 @@ def train_command(
     keep_checkpoints: int = typer.Option(D.keep_checkpoints, help=H("keep_checkpoints")),
     resume: bool = typer.Option(D.resume, help=H("resume")),
     overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
-    precision: str = typer.Option(D.precision, help=H("precision")),
-    dtype: str = typer.Option(D.dtype, help=H("dtype")),
-    device: str = typer.Option(D.device, help=H("device")),
+    precision: PrecisionName = typer.Option(D.precision, help=H("precision")),
+    dtype: DtypeName = typer.Option(D.dtype, help=H("dtype")),
+    device: str = typer.Option(D.device, help=H("device"), autocompletion=complete_device),
     trust_remote_code: bool = typer.Option(D.trust_remote_code, help=H("trust_remote_code")),
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, help=H("gradient_checkpointing")),
     seed: int = typer.Option(D.seed, help=H("seed")),
@@ -82,6 +78,9 @@ def train_command(
     values = dict(locals())
     typed = {name: value for name, value in values.items() if name != "ctx" and _typed(ctx, name)}
     main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, only rank 0 speaks
+    from ..training.recipes import resolve_train_config  # torch is imported here, not for --help
+    from ..training.train import TrainingInterrupted
+
     try:
         settings = resolve_train_config(typed)
         result = _run(settings, main_process)
@@ -112,6 +111,8 @@ def train_command(
     if result.overlong:
         handled = f"were handled by --overlong {settings.overlong}"
         out.print(f"  {result.overlong} example(s) exceeded --max-length and {handled}")
+    from ..adapters.files import CONFIG_FILE, WEIGHTS_FILE
+
     out.print(f"  wrote {result.output}/{CONFIG_FILE} and {WEIGHTS_FILE}; metrics in metrics.jsonl")
 
 
@@ -122,6 +123,8 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _run(settings: TrainConfig, main_process: bool):
+    from ..training.train import TrainProgress, TrainReport, train
+
     columns = (
         TextColumn("[bold]train[/] {task.fields[method]}"),
         BarColumn(),
@@ -130,11 +133,17 @@ def _run(settings: TrainConfig, main_process: bool):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    progress = Progress(*columns, console=err, transient=False, disable=not main_process)
+    logging = main_process and not err.is_terminal  # piped to a file: a line every 5 % of the run, no bar
+    progress = Progress(*columns, console=err, transient=False, disable=not main_process or logging)
     tasks: list = []  # the bar appears with the first step, after the data and model checks have passed
 
     def on_progress(update: TrainProgress) -> None:
         fields = {"loss": update.loss, "lr": update.lr, "tps": update.tokens_per_second}
+        if logging and (update.step % max(1, update.max_steps // 20) == 0 or update.step == update.max_steps):
+            err.print(
+                f"step {update.step}/{update.max_steps} loss {update.loss:.4f} lr {update.lr:.2e} "
+                f"{update.tokens_per_second:,.0f} tok/s", highlight=False,
+            )
         if not tasks:  # a resumed run's bar starts where the run stands
             progress.start()  # only now: an early error is then printed alone
             start = {"total": update.max_steps, "completed": update.step - 1, "method": settings.method}
@@ -151,7 +160,10 @@ def _run(settings: TrainConfig, main_process: bool):
             progress.stop()
 
 
-def _describe(report: TrainReport, settings: TrainConfig) -> str:
+def _describe(report, settings: TrainConfig) -> str:
+    from ..training.train import CheckpointSaved, DataReport, NoiseLevelCoverage, Resumed
+    from ..training.validation import ValidationReport
+
     if isinstance(report, DataReport):
         lengths = report.lengths
         handled = {"drop": "dropped", "truncate": f"{lengths.truncated} truncated, {lengths.dropped} dropped"}
@@ -183,8 +195,8 @@ def _describe(report: TrainReport, settings: TrainConfig) -> str:
     if isinstance(report, CheckpointSaved):
         return f"[dim]saved checkpoint {report.path}[/]"
     if isinstance(report, Resumed):
-        skipped = "".join(f"checkpoint {path} is damaged ({why}), skipped and removed; " for path, why in report.damaged)
         if report.checkpoint is None:
             return "resuming: the run has no checkpoint yet, starting again from step 0"
+        skipped = "".join(f"checkpoint {path} is damaged ({why}), skipped and removed; " for path, why in report.damaged)
         return f"{skipped}resuming from {report.checkpoint} (step {report.step})"
     raise TypeError(f"unknown report {report!r}")

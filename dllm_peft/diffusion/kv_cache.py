@@ -23,6 +23,7 @@ import torch
 
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
+from ..models.llada import output_cache
 from .conditioning import noise_level
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each (B, n_kv_heads, S, head_dim)
@@ -128,7 +129,7 @@ class BlockDenoiser:
         """A full forward that also returns the K/V of every position (captured from the model's output)."""
         captured: list[KVCache] = []
         hook = self.backbone.model.register_forward_hook(
-            lambda module, args, output: captured.append(list(output.past_key_values))
+            lambda module, args, output: captured.append(list(output_cache(output)))
         )
         try:
             logits = self.backbone.logits(canvas, mask, keep=keep, use_cache=True, noise_level=level, **positions)

@@ -80,12 +80,31 @@ BUILTIN_MODELS = {"tiny-llada": tiny_llada, DEFAULT_MODEL_NAME: dllm_tiny}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto`: CUDA, else Apple's MPS, else the CPU. A device this machine lacks is one sentence, not a traceback."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DllmPeftError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DllmPeftError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    fallback = "use --device cpu or auto"
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DllmPeftError(f"--device {device} was asked for but no CUDA device is available; {fallback}")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DllmPeftError(
+                f"--device {device} names GPU {resolved.index}, but this machine has {torch.cuda.device_count()}"
+            )
+    elif resolved.type == "mps" and not _mps_available():
+        raise DllmPeftError(f"--device {device} was asked for but Apple's MPS is not available here; {fallback}")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise DllmPeftError(f"--device {device} is not supported; use auto, cpu, cuda or mps")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -63,6 +63,8 @@ __all__ = ["LLaDAConfig", "LLaDAModelLM", "LLaDAModel", "LLaDALlamaBlock", "LLaD
 
 # One (key, value) per layer, each [batch, n_kv_heads, canvas_len, head_dim], keys after RoPE.
 KVCache = Sequence[tuple[torch.Tensor, torch.Tensor]]
+# transformers 5 renamed the output field `past_key_values` to `cache` and warns on the old name: use whichever exists
+OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 CachePositions = Union[slice, torch.Tensor]
 
 
@@ -335,7 +337,12 @@ class LLaDAModelLM(PreTrainedModel):
         hidden_states = tuple(hidden) if output_hidden_states else None
         if return_dict is False:
             return tuple(o for o in (logits, past, hidden_states) if o is not None)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=past, hidden_states=hidden_states)
+        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden_states, **{OUTPUT_CACHE_FIELD: past})
+
+
+def output_cache(output: CausalLMOutputWithPast) -> Optional[KVCache]:
+    """The per-layer (k, v) of a forward with ``use_cache=True``, read without transformers' deprecation warning."""
+    return getattr(output, OUTPUT_CACHE_FIELD)
 
 
 def tiny_llada_config(**overrides: Any) -> LLaDAConfig:

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from ..adapters.files import (
     read_adapter,
     save_adapter,
 )
+from ..atomic import make_staging_dir
 from ..config import TrainConfig
 from ..errors import DllmPeftError
 from ..models.backbone import Backbone
@@ -256,7 +256,7 @@ def save_checkpoint(
 
 def _write_checkpoint(root, final, backbone, adapter_tensors, optimizer_state, state, record) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{state.step}.", suffix=".partial"))
+    staging = make_staging_dir(root, prefix=f".step-{state.step}.", suffix=".partial")
     try:
         save_adapter(backbone, staging, extra={"training": {**record, "step": state.step}}, tensors=adapter_tensors)
         tensors, groups = _split_optimizer_state(optimizer_state)

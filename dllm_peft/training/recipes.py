@@ -9,7 +9,8 @@ AdamW β (0.9, 0.95), weight decay 0.05, 5 % warm-up, clip 1.0 (those four are f
 grad-accum 32, max length 512 with EOS padding to it, the chat template on the prompt; commonsense_170k at lr 1e-5
 for 1 epoch, math_14k at 1e-4 for 10 epochs, code at 1e-4 for 1 epoch. They name no model or data: those are yours.
 
-A settings file is YAML (`.yaml`/`.yml`) or TOML (`.toml`) holding one mapping whose keys are the flag names
+A settings file is YAML (`.yaml`/`.yml`), TOML (`.toml`) or JSON (`.json`, e.g. a run's own `train_config.json`, so
+`--config out/train_config.json --output again` repeats a run) holding one mapping whose keys are the flag names
 (`max-steps` or `max_steps`). The run length is one setting: a layer that names `epochs` or `max_steps` replaces
 both (naming only `epochs` lifts an earlier `max_steps`), so `--recipe nara-math --max-steps 10` runs 10 steps.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import tomllib
 import typing
 from pathlib import Path
@@ -65,7 +67,9 @@ def read_settings_file(path: str) -> dict[str, Any]:
     """The settings in a YAML or TOML file, keys normalised to field names and values checked against their types."""
     file = Path(path)
     if not file.is_file():
-        raise DllmPeftError(f"settings file {path!r} does not exist; pass a .yaml or .toml file to --config")
+        raise DllmPeftError(
+            f"settings file {path!r} does not exist; pass a .yaml, .toml or train_config.json file to --config"
+        )
     from ..data.records import (
         read_utf8,  # the data layer loads torch: only when a settings file is read
     )
@@ -76,15 +80,19 @@ def read_settings_file(path: str) -> dict[str, Any]:
             raw = tomllib.loads(text)
         elif file.suffix in (".yaml", ".yml"):
             raw = yaml.safe_load(text) or {}
+        elif file.suffix == ".json":
+            raw = json.loads(text)
         else:
-            raise DllmPeftError(f"settings file {path!r} must end in .yaml, .yml or .toml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+            raise DllmPeftError(f"settings file {path!r} must end in .yaml, .yml, .toml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as error:
         raise DllmPeftError(f"{path} is not valid {file.suffix[1:].upper()}: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise DllmPeftError(f"{path} must hold a mapping of flag names to values, not a {type(raw).__name__}")
     settings = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name == "config" and value is None:  # a run's train_config.json records that it had no settings file
+            continue
         if name not in _FIELDS or name == "config":
             close = difflib.get_close_matches(name, [f for f in _FIELDS if f != "config"], n=1)
             hint = f"did you mean {close[0].replace('_', '-')}?" if close else "see `dllm-peft train --help`"
