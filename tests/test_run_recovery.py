@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from dllm_peft import atomic
 from dllm_peft.adapters.files import read_adapter
 from dllm_peft.cli import main
 from dllm_peft.training.checkpoint import checkpoint_steps
@@ -76,7 +76,7 @@ def test_no_checkpoint_is_saved_from_a_state_that_leads_to_nan(tmp_path, capsys)
 def test_a_full_disk_is_one_sentence_and_the_previous_checkpoint_stays_loadable(tmp_path, capsys, monkeypatch):
     output = tmp_path / "o"
     calls = {"n": 0}
-    real_save = atomic.save_file
+    real_save = safetensors.torch.save_file  # atomic.py imports it when it writes
 
     def save_until_full(tensors, path, metadata=None):
         calls["n"] += 1
@@ -84,7 +84,7 @@ def test_a_full_disk_is_one_sentence_and_the_previous_checkpoint_stays_loadable(
             raise SafetensorError("Error while serializing: IoError(Os { code: 28, message: \"No space left on device\" })")
         return real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(atomic, "save_file", save_until_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_until_full)
     code, err = cli([*RUN, "--output", str(output), "--max-steps", "4", "--save-every", "1"], capsys)
     monkeypatch.undo()
     assert code == 2 and "Traceback" not in err

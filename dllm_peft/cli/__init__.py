@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, then exits with its status (2 and one sentence for a mistake)."""
     try:
         status = app(args=argv, prog_name="dllm-peft", standalone_mode=False)
+        if status == 130:  # typer turns a KeyboardInterrupt into a silent exit status 130
+            raise KeyboardInterrupt
     except DllmPeftError as error:
         print_error(str(error))
         sys.exit(2)
@@ -47,7 +49,23 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print_error(usage_sentence(error))
         sys.exit(getattr(error, "exit_code", 2))
+    except Exception as error:  # a Ctrl-C inside a lazy import can surface as another error (transformers' loader)
+        if not _interrupted(error):
+            raise
+        print_error("interrupted")
+        sys.exit(130)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `error`."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def usage_sentence(error) -> str:
@@ -59,5 +77,7 @@ def usage_sentence(error) -> str:
         value = f" {found.group(1)}" if found else ""
         return f"unknown {param.opts[0]}{value}; choose one of: {', '.join(choices)}"
     command = getattr(getattr(error, "ctx", None), "command_path", "dllm-peft")
-    message = error.format_message().rstrip(".")
+    message = error.format_message().rstrip(".").replace(". Did you mean", "; did you mean")
+    if message.endswith("?"):  # click already suggests the fix
+        return f"{message[:1].lower()}{message[1:]}"
     return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"

@@ -110,9 +110,9 @@ def read_prompts(config: SampleConfig) -> list[str]:
     path = Path(config.prompts_file)
     if not path.is_file():
         raise DllmPeftError(f"prompts file {config.prompts_file!r} does not exist")
-    if path.suffix in (".json", ".jsonl"):
-        from ..data.records import read_json_records, read_utf8
+    from ..data.records import read_json_records, read_utf8
 
+    if path.suffix in (".json", ".jsonl"):
         records = read_json_records(path)  # the training data's reader: one sentence per malformed line
         prompts = [_prompt_of(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
     else:

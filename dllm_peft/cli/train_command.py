@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 from rich.progress import (
@@ -92,7 +93,7 @@ def train_command(
         if main_process:
             where = f"saved {stop.checkpoint}; continue with --resume" if stop.checkpoint else "nothing was saved"
             err.print(f"[yellow]stopped[/] after step {stop.step}: {where} (same --output)", soft_wrap=True)
-        raise typer.Exit(130)
+        sys.exit(130)  # SystemExit passes typer by: its own 130 means an interruption nobody reported yet
     if not result.main_process:
         return
     first, last = result.losses[0], sum(result.losses[-5:]) / len(result.losses[-5:])
