@@ -22,6 +22,39 @@ Two implementations of the same estimator:
   `PADDING_FRACTION` of a pass's tokens, so many requests with few rows each (short answers) cost few passes. Every
   user of a row is scored on its own clean tokens from the row's log-probabilities.
 
+The reference's number does not depend on `batch_size`: the k of all `mc_num` samples are spaced in one sequence,
+and the estimate is their plain mean. LLaDA's `eval_llada.py` spaces k anew inside each forward batch (its defaults:
+128 samples in batches of 32), and `torch.round` sends the half-way points to even k: for an 8-token answer, step
+8/32 = 0.25, even k are drawn 5 times per batch and odd k 3 times, a bias in the expected value (0.83 nats on an
+8-token answer in the issue's check against their code), so figures differ slightly from theirs. One sequence of 128
+keeps a smaller residue of the same rounding (17 : 15 for L = 8); the adaptive estimator below has none.
+
+`adaptive_estimates` (`--mc-estimator adaptive`) estimates the same quantity B(a) = E_k E_M [...] with fewer rows,
+aimed at what decides a multiple-choice answer, the *difference* between options. The requests that share a prompt
+form a question, drawn with one generator of the seed and the question's tokens (batching and order never change a
+number):
+- **Exact enumeration.** An answer with 2^L − 1 ≤ `ENUMERATION_ROWS` (and ≤ mc_num) masks is scored on every mask M,
+  weighted by its probability under the estimator, P(M) = 1/L · 1/C(L, |M|): B(a) exactly, with no variance.
+- **Antithetic pairs at stratified levels.** Otherwise samples come in pairs. A pair draws one level v ∈ [0, 1) and a
+  uniform score per answer position; sample A masks the k = ⌊vL⌋ + 1 lowest-scored positions, sample B the
+  L + 1 − k highest. Each sample alone has k uniform on 1..L and M uniform given k, so each is an unbiased estimate
+  of B(a); a pair masks every position at least once (negatively correlated errors). The levels of successive pairs
+  are a Kronecker sequence v_m = (v_0 + m·φ) mod 1, φ = (√5 − 1)/2, spread evenly over [0, 1) at every stopping
+  time (stratification in k, as the reference's evenly spaced k).
+- **Common random numbers.** All options of a question use the same levels and the same position scores (position i
+  of every option gets the same score). Equal-length options then mask the same positions at the same k, options of
+  other lengths nearby levels and overlapping positions, so the errors of their estimates are positively correlated
+  and Var(Â − B̂) = Var(Â) + Var(B̂) − 2 Cov(Â, B̂) is smaller than for independent draws. Rows that show the model
+  the same tokens (e.g. fully masked equal-length options) are forwarded once.
+- **Adaptive stopping.** Rounds of `ROUND_SAMPLES` samples per option, all questions' rows batched together. After
+  `MIN_ROUNDS` rounds, a question stops once the leading option's mean exceeds the runner-up's by `stop_se` standard
+  errors of their difference, computed from the per-sample differences averaged within pairs (the pairs are the
+  units; treating stratified levels as independent overstates the error, so the test is conservative), or once its
+  options have `mc_num` samples. An enumerated option counts as a constant. A lone request (nothing to decide) takes
+  all `mc_num` samples. The decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`.
+A fixed number of samples gives an unbiased estimate; with stopping, the value at the stopping time is not exactly
+unbiased (optional stopping), the price of spending samples only where the answer is in doubt.
+
 `greedy_matches` is LLaDA's `suffix_greedy_prediction`: does greedy unmasking reproduce the answer? (lm-eval's
 `is_greedy`, needed by a few tasks only.)
 """
