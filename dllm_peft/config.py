@@ -315,12 +315,6 @@ class SampleConfig:
     device: str = option("auto", "Device the model runs on: auto, cpu or cuda.")
 
     def __post_init__(self) -> None:
-        if self.mc_estimator not in MC_ESTIMATORS:
-            raise DllmPeftError(f"--mc-estimator must be reference or adaptive, got {self.mc_estimator!r}")
-        if not self.mc_stop_se > 0:
-            raise DllmPeftError(f"--mc-stop-se must be above 0, got {self.mc_stop_se}")
-        if self.sampler_preset not in SAMPLER_PRESETS:
-            raise DllmPeftError(f"--sampler-preset must be exact or fast, got {self.sampler_preset!r}")
         if self.chat_template not in ("auto", "none"):
             raise DllmPeftError(f"--chat-template must be auto or none, got {self.chat_template!r}")
         if (self.prompt is None) == (self.prompts_file is None):
