@@ -350,6 +350,10 @@ class SampleConfig:
 
 
 EVAL_PROTOCOLS = ("generative", "mc")
+MC_ESTIMATORS = ("reference", "adaptive")
+# sampler presets of `dllm-peft eval --sampler-preset`; flags typed beside a preset win. `fast` is what
+# benchmarks/sampler measures for Fast-dLLM: threshold decoding + dual KV cache (refreshed at block starts)
+SAMPLER_PRESETS = {"exact": {}, "fast": {"threshold": 0.9, "cache": "dual"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,18 +382,32 @@ class EvalConfig:
     )
     allow_code_execution: bool = option(False, "Run generated code (code tasks) in the sandbox; off by default.")
     compare_base: bool = option(True, "With --adapter: also evaluate the base model, in the same run and table.")
-    mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol).")
+    mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol); the most with adaptive.")
+    mc_estimator: str = option(
+        "reference", "reference (LLaDA's estimator, mc_num samples per option) or adaptive (shared antithetic samples, "
+        "exact short answers, stops once the answer is decided)."
+    )
+    mc_stop_se: float = option(3.0, "With --mc-estimator adaptive: stop once the leading option is ahead by this "
+                                    "many standard errors.")
     batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")
     chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
     seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
     dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
     device: str = option("auto", "Device the model runs on: auto (cuda, else mps, else cpu), cpu, cuda or mps.")
     trust_remote_code: bool = option(False, "Allow running the model code a checkpoint ships (a security risk).")
+    sampler_preset: str = option("exact", "exact (the sampler flags as given) or fast (threshold 0.9 + dual KV cache, "
+                                          "Fast-dLLM); sampler flags you type win.")
     sampler: dict = option({}, "Sampler settings that were set (SamplerConfig fields); unset lengths follow the task.")
 
     def __post_init__(self) -> None:
         if self.protocol not in EVAL_PROTOCOLS:
             raise DllmPeftError(f"--protocol must be generative or mc, got {self.protocol!r}")
+        if self.mc_estimator not in MC_ESTIMATORS:
+            raise DllmPeftError(f"--mc-estimator must be reference or adaptive, got {self.mc_estimator!r}")
+        if not self.mc_stop_se > 0:
+            raise DllmPeftError(f"--mc-stop-se must be above 0, got {self.mc_stop_se}")
+        if self.sampler_preset not in SAMPLER_PRESETS:
+            raise DllmPeftError(f"--sampler-preset must be exact or fast, got {self.sampler_preset!r}")
         if self.chat_template not in ("auto", "none"):
             raise DllmPeftError(f"--chat-template must be auto or none, got {self.chat_template!r}")
         for name in ("mc_num", "batch_size"):
@@ -403,5 +421,10 @@ class EvalConfig:
         unknown = sorted(set(self.sampler) - known)
         if unknown:
             raise DllmPeftError(f"unknown sampler setting {unknown[0]!r}; choose from: {', '.join(sorted(known))}")
-        length = self.sampler.get("gen_length") or self.sampler.get("block_length") or SamplerConfig().gen_length
-        SamplerConfig(**{"gen_length": length, "block_length": length, "steps": length, **self.sampler})
+        settings = self.sampler_settings()
+        length = settings.get("gen_length") or self.sampler.get("block_length") or SamplerConfig().gen_length
+        SamplerConfig(**{"gen_length": length, "block_length": length, "steps": length, **settings})
+
+    def sampler_settings(self) -> dict:
+        """The preset's settings overlaid with the sampler flags that were typed."""
+        return {**SAMPLER_PRESETS[self.sampler_preset], **self.sampler}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,17 +106,17 @@ def _samples(folder: Path) -> dict[str, dict[int, list]]:
     return found
 
 
-def test_two_processes_score_each_document_once_and_equal_one_process(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
+def test_two_processes_under_accelerate_launch_score_each_document_once_and_equal_one_process(tmp_path):
     write_llm_adapters_folder(tmp_path)
     model_args = f"pretrained=tiny-llada,mc_num=4,gen_length=8,batch_size=4,data_dir={tmp_path}"
     lm_eval_args = ["--model", "dllm-peft", "--model_args", model_args, "--tasks",
                     "dllm_peft_uppercase,dllm_peft_boolq_mc", "--include_path", str(TASKS_DIR), "--limit", "16",
                     "--device", "cpu", "--log_samples"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "lm_eval", *lm_eval_args, "--output_path",
+    # `accelerate launch` as a user runs it: without GPUs, --multi_gpu starts two CPU processes joined by gloo
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run([*launch, "-m", "lm_eval", *lm_eval_args, "--output_path",
                            str(tmp_path / "two")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -58,12 +58,15 @@ def eval_command(
     allow_code_execution: bool = typer.Option(E.allow_code_execution, help=H("allow_code_execution")),
     compare_base: bool = typer.Option(E.compare_base, help=H("compare_base")),
     mc_num: int = typer.Option(E.mc_num, help=H("mc_num")),
+    mc_estimator: str = typer.Option(E.mc_estimator, help=H("mc_estimator")),
+    mc_stop_se: float = typer.Option(E.mc_stop_se, help=H("mc_stop_se")),
     batch_size: int = typer.Option(E.batch_size, help=H("batch_size")),
     chat_template: ChatTemplate = typer.Option(E.chat_template, help=H("chat_template")),
     seed: int = typer.Option(E.seed, help=H("seed")),
     dtype: DtypeName = typer.Option(E.dtype, help=H("dtype")),
     device: str = typer.Option(E.device, help=H("device"), autocompletion=complete_device),
     trust_remote_code: bool = typer.Option(E.trust_remote_code, help=H("trust_remote_code")),
+    sampler_preset: str = typer.Option(E.sampler_preset, help=H("sampler_preset")),
     gen_length: int = typer.Option(None, help=H("gen_length") + PER_TASK, show_default=False),
     steps: int = typer.Option(None, help=H("steps") + " Default: --gen-length.", show_default=False),
     block_length: int = typer.Option(None, help=H("block_length") + " Default: --gen-length.", show_default=False),
@@ -126,7 +129,8 @@ def _run(config: EvalConfig) -> EvalResults:
         if not bars:
             progress.start()  # only once work runs: an early error is then printed alone
         if key not in bars:
-            unit = "samples" if update.kind.startswith("loglikelihood") else "prompts"
+            adaptive = config.mc_estimator == "adaptive"  # it reports finished requests, not rows
+            unit = ("requests" if adaptive else "samples") if update.kind.startswith("loglikelihood") else "prompts"
             bars[key] = progress.add_task(f"{update.run} · {update.kind} ({unit})", total=update.total)
         progress.update(bars[key], completed=update.done, total=update.total)
 

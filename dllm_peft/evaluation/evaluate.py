@@ -131,7 +131,9 @@ def evaluate(
     model = config.model or record.get("base_model") or DEFAULT_MODEL
     device = join_process_group(config.device)  # one process of several: its own GPU
     backbone = load_backbone(model, config.dtype, device, config.trust_remote_code)
-    lm = DllmPeftLM.from_backbone(backbone, config.mc_num, config.batch_size, config.seed, **config.sampler)
+    lm = DllmPeftLM.from_backbone(backbone, config.mc_num, config.batch_size, config.seed,
+                                  mc_estimator=config.mc_estimator, mc_stop_se=config.mc_stop_se,
+                                  **config.sampler_settings())
     lm.on_progress = lambda kind, done, total: None  # the core prints nothing: no stderr progress of its own
     if on_notice is not None:
         lm.on_notice = on_notice

@@ -6,7 +6,8 @@ imports it on demand: released lm-eval reads no plugin entry points, so the pack
 
 The three request types, following LLaDA's `eval_llada.py`:
 - `loglikelihood`: the Monte-Carlo estimator of `diffusion.likelihood` (stratified k, `mc_num` samples, λ = k/L),
-  batched across requests; `is_greedy` by greedy unmasking when `check_greedy` is on (L extra passes), else False;
+  batched across requests; with `mc_estimator=adaptive` the requests that share a context (a question's options)
+  are scored together by `adaptive_estimates` (shared antithetic samples, exact short answers, early stopping); `is_greedy` by greedy unmasking when `check_greedy` is on (L extra passes), else False;
 - `loglikelihood_rolling`: the same estimator over lm-eval's disjoint rolling windows of the text;
 - `generate_until`: `diffusion.sampler.sample` on batches of prompts; the stop strings cut the decoded response.
   `gen_length` defaults to the task's `max_gen_toks`, `block_length` and `steps` to `gen_length`.
@@ -26,8 +27,9 @@ the seed and its own tokens, so a score does not depend on the split.
 Progress: `on_progress(kind, done, total)` if set (the `dllm-peft eval` command), else `progress.PlainProgress` on
 rank 0 (a tqdm bar on a terminal, plain lines with the remaining time in a log).
 
-Model arguments (`--model_args key=value,...`): pretrained, adapter (or `peft`, the `hf` model's name), dtype, device, trust_remote_code, mc_num,
-batch_size, seed, check_greedy, max_length, and every field of `SamplerConfig` (gen_length, steps, remasking, ...).
+Model arguments (`--model_args key=value,...`): pretrained, adapter (or `peft`, the `hf` model's name), dtype, device,
+trust_remote_code, mc_num, mc_estimator (reference | adaptive), mc_stop_se, batch_size, seed, check_greedy,
+max_length, sampler_preset (exact | fast) and every field of `SamplerConfig` (gen_length, steps, remasking, ...).
 `data_dir` is accepted and ignored here: lm-eval also hands the model arguments to the tasks as metadata, which is how
 the task files receive it.
 """
@@ -52,8 +54,8 @@ from lm_eval.utils import (
 )
 
 from ..adapters.files import load_adapter, read_adapter
-from ..config import DEFAULT_MODEL, SamplerConfig
-from ..diffusion.likelihood import greedy_matches, log_likelihoods
+from ..config import DEFAULT_MODEL, MC_ESTIMATORS, SAMPLER_PRESETS, SamplerConfig
+from ..diffusion.likelihood import adaptive_log_likelihoods, greedy_matches, log_likelihoods
 from ..diffusion.sampler import sample
 from ..errors import DllmPeftError
 from ..models import Backbone, load_backbone
@@ -80,6 +82,9 @@ class DllmPeftLM(LM):
         device: str = "auto",
         trust_remote_code: bool = False,
         mc_num: int = 128,
+        mc_estimator: str = "reference",
+        mc_stop_se: float = 3.0,
+        sampler_preset: str = "exact",
         batch_size: int | str = 16,
         seed: int = 0,
         check_greedy: bool = False,
@@ -99,11 +104,15 @@ class DllmPeftLM(LM):
         if pretrained is None:  # the adapter knows its base model
             pretrained = base_model_of(adapter)
         _check_batch_size(batch_size)
+        if sampler_preset not in SAMPLER_PRESETS:
+            raise DllmPeftError(f"sampler_preset must be exact or fast, got {sampler_preset!r}")
+        sampler_settings = {**SAMPLER_PRESETS[sampler_preset], **sampler_settings}
         device = join_process_group(device)
         backbone = load_backbone(str(pretrained), dtype, device, trust_remote_code)
         if adapter:
             load_adapter(backbone, adapter)
         self._configure(backbone, mc_num, batch_size, seed, check_greedy, max_length, sampler_settings)
+        self._estimator(mc_estimator, mc_stop_se)
         self.adapter = adapter
 
     @classmethod
@@ -119,11 +128,13 @@ class DllmPeftLM(LM):
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, mc_num: int = 128, batch_size: int = 16, seed: int = 0,
-                      check_greedy: bool = False, max_length: int | None = None, **sampler_settings: Any) -> DllmPeftLM:
+                      check_greedy: bool = False, max_length: int | None = None, mc_estimator: str = "reference",
+                      mc_stop_se: float = 3.0, **sampler_settings: Any) -> DllmPeftLM:
         """Wrap an already loaded backbone (the `dllm-peft eval` route: one model for the base and adapter runs)."""
         lm = cls.__new__(cls)
         LM.__init__(lm)
         lm._configure(backbone, mc_num, batch_size, seed, check_greedy, max_length, sampler_settings)
+        lm._estimator(mc_estimator, mc_stop_se)
         lm.adapter = None
         return lm
 
@@ -145,6 +156,13 @@ class DllmPeftLM(LM):
         self._device = backbone.device
         self._rank, self._world_size = _process_group()
         self._default_progress: PlainProgress | None = None
+
+    def _estimator(self, mc_estimator: str, mc_stop_se: float | str) -> None:
+        if mc_estimator not in MC_ESTIMATORS:
+            raise DllmPeftError(f"mc_estimator must be reference or adaptive, got {mc_estimator!r}")
+        if not float(mc_stop_se) > 0:
+            raise DllmPeftError(f"mc_stop_se must be above 0, got {mc_stop_se}")
+        self.mc_estimator, self.mc_stop_se = mc_estimator, float(mc_stop_se)
 
     # -- data parallel: lm-eval's collective hooks (no-ops in one process) ------------------------------------------
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -177,7 +195,8 @@ class DllmPeftLM(LM):
         return self.backbone.name
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"model": self.backbone.name, "adapter": self.adapter, "mc_num": self.mc_num, "seed": self.seed}
+        return {"model": self.backbone.name, "adapter": self.adapter, "mc_num": self.mc_num,
+                "mc_estimator": self.mc_estimator, "seed": self.seed}
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if not getattr(self.backbone.tokenizer, "chat_template", None):
@@ -229,6 +248,9 @@ class DllmPeftLM(LM):
 
         pairs = [(self._fit(prompt, len(answer)), answer) for prompt, answer in pairs]
         self._report(kind, 0, len(pairs))  # starts the clock of the time-remaining estimate
+        if self.mc_estimator == "adaptive":  # progress in requests: the rows a question takes are not known ahead
+            return adaptive_log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed,
+                                            self.mc_stop_se, lambda done, total: self._report(kind, done, total))
         return log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed, on_rows)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
