@@ -89,8 +89,9 @@ PANELS: dict[str, dict[str, str]] = {
     "eval": {
         **dict.fromkeys(("model", "adapter", "compare_base", "trust_remote_code"), MODEL),
         **dict.fromkeys(
-            ("tasks", "data_dir", "limit", "num_fewshot", "protocol", "mc_num", "chat_template", "seed",
-             "allow_code_execution"), TASKS),
+            ("tasks", "data_dir", "limit", "num_fewshot", "protocol", "mc_num", "mc_estimator", "mc_stop_se",
+             "chat_template", "seed", "allow_code_execution"), TASKS),
+        "sampler_preset": SPEED,
         **_SAMPLER_PANELS,
         **dict.fromkeys(("dtype", "device", "batch_size"), DEVICES),
         **dict.fromkeys(("output", "log_samples"), OUTPUT),
