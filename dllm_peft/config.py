@@ -29,6 +29,7 @@ DEFAULT_DATA = "builtin:lastdigit"
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_GEN_LENGTH = 64  # the sampler's default canvas; the default --padding makes training cover its λ grid
 PADDING_MODES = ("canvas", "longest", "max_length")
+NOISE_DRAWS = ("continuous", "grid")  # the λ routed in training: the draw t, or k / L (docs/noise-level.md)
 DEFAULT_NOISE_LEVELS = "0.1,0.3,0.5,0.7,0.9"
 
 
@@ -66,6 +67,11 @@ class TrainConfig:
         f"{DEFAULT_GEN_LENGTH}, so training routes every λ it samples at), N (a multiple of N tokens), longest "
         "(to the batch's longest example) or max_length (the reference).",
     )
+    noise_draw: str = option(
+        "grid",
+        "λ routed to noise-conditioned adapters in training: continuous (the draw t ~ U(0,1], k = ⌈t·L⌉ masked, as "
+        "the NaRA authors) or grid (k / L, exact; pair it with --padding canvas to cover the sampler's λ).",
+    )
     chat_template: str = option("auto", "auto: put the prompt through the tokenizer's chat template if it has one; none.")
     prompt_field: str = option("prompt", "Field holding the prompt in the data records.")
     response_field: str = option("response", "Field holding the response in the data records.")
@@ -98,6 +104,7 @@ class TrainConfig:
             "overlong": ("drop", "truncate"),
             "chat_template": ("auto", "none"),
             "precision": TRAIN_PRECISIONS,
+            "noise_draw": NOISE_DRAWS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -331,6 +338,11 @@ class EvalConfig:
     compare_base: bool = option(True, "With --adapter: also evaluate the base model, in the same run and table.")
     mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol).")
     batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")
+    noise_draw: str = option(
+        "grid",
+        "λ routed to noise-conditioned adapters in training: continuous (the draw t ~ U(0,1], k = ⌈t·L⌉ masked, as "
+        "the NaRA authors) or grid (k / L, exact; pair it with --padding canvas to cover the sampler's λ).",
+    )
     chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
     seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
     dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
