@@ -1,5 +1,6 @@
-"""One canvas (issue 16): the λ values training routes cover those the sampler routes, and validation is labelled
-with the λ it routed and does not depend on --batch-size."""
+"""The noise level end to end (issue 16): the λ values training routes cover those the sampler routes (default:
+a continuous λ; `--padding canvas --noise-draw grid`: an exact grid), and validation is labelled with the λ it
+routed and does not depend on --batch-size."""
 
 from __future__ import annotations
 
@@ -64,22 +65,23 @@ def test_canvas_grid_training_routes_every_lambda_the_default_sampler_routes(mon
     assert {round(level, 9) for level in out.noise_level.tolist()} <= routed
 
 
-def test_continuous_training_routes_a_dense_lambda_around_every_lambda_the_default_sampler_routes(monkeypatch):
-    """`train --padding longest --noise-draw continuous`: the λ routed are the draws t themselves, so over a default
-    run (600 steps × 8 examples) every λ the sampler routes has a routed λ within a tenth of its 64-grid spacing."""
-    config = TrainConfig(padding="longest", noise_draw="continuous")
+def test_default_training_routes_a_dense_lambda_around_every_lambda_the_default_sampler_routes(monkeypatch):
+    """Default `train` (--noise-draw continuous, --padding 32): the λ routed are the draws t themselves, so over a
+    default run (600 steps × 8 examples) every λ the sampler routes has a routed λ within a tenth of its 64-grid
+    spacing, for default `sample` (gen length 64) and for `eval` on the built-in tasks (32)."""
+    config = TrainConfig()
+    assert (config.noise_draw, config.padding) == ("continuous", "32")
     backbone = load_backbone(config.model)
     data = load_training_data(config, backbone)
     batch = collate(data.train[:8], backbone.eos_id, **batch_padding(config))
-    lengths = batch.response_mask.sum(dim=1)  # (8,) a few tokens each
     routed = torch.cat([
         masked_diffusion_loss(backbone, batch.input_ids, batch.response_mask, batch.attention_mask,
-                              generator=torch.Generator().manual_seed(step), noise_draw="continuous").noise_level
-        for step in range(600)
+                              generator=torch.Generator().manual_seed(step), noise_draw=config.noise_draw).noise_level
+        for step in range(config.max_steps)
     ])  # (4800,) what `train` routes, one draw per example and step
     assert routed.min() > 0 and routed.max() <= 1
     assert len(set(routed.tolist())) > 4700  # not a grid: (almost) every draw is its own λ
-    assert lengths.max() < 16  # while the response regions stay short (no canvas padding)
+    assert batch.response_mask.sum(dim=1).tolist() == [32] * 8  # each answer EOS-padded to eval's canvas
     for sampler in (SamplerConfig(gen_length=32, block_length=32, steps=32), SamplerConfig()):
         sampled = torch.tensor(sorted(sampled_noise_levels(backbone, sampler, monkeypatch)))
         nearest = (sampled[:, None] - routed[None, :]).abs().min(dim=1).values  # (levels,)

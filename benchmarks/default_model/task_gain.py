@@ -13,6 +13,7 @@ the seeds) are merged into `benchmarks/results/default_model.json` (or `--output
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shlex
@@ -79,16 +80,19 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary dir)")
     parser.add_argument("--quick", action="store_true", help=f"seed 0, {QUICK_STEPS} steps, {QUICK_EVAL_LIMIT} test prompts")
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to merge `default_task` into")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (wall times then share the CPU)")
     parser.add_argument("--train-args", default="", help="extra flags for `dllm-peft train` (default: none)")
     args = parser.parse_args()
     started = time.perf_counter()
     mode = "quick" if args.quick else "full"
     seeds = args.seeds or (1 if args.quick else 3)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dllm-tiny-task-"))
-    runs = []
-    for seed in range(seeds):
-        runs.append(one_seed(seed, workdir / f"seed{seed}", args.quick, shlex.split(args.train_args)))
-        print(json.dumps(runs[-1]), flush=True)
+    extra = shlex.split(args.train_args)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one_seed, seed, workdir / f"seed{seed}", args.quick, extra) for seed in range(seeds)]
+        runs = [future.result() for future in futures]
+    for result in runs:
+        print(json.dumps(result), flush=True)
     defaults = TrainConfig()
     record = json.loads(args.output.read_text()) if args.output.is_file() else {}
     record["default_task"] = {
@@ -98,6 +102,7 @@ def main() -> None:
                      "max_steps": defaults.max_steps, "lr": defaults.lr, "rank": defaults.rank,
                      "padding": defaults.padding, "noise_draw": defaults.noise_draw},
         "cpu_count": os.cpu_count(),
+        "jobs": args.jobs,
         "load_average_at_end": os.getloadavg()[0],  # the machine is shared: wall times depend on it
         "runs": runs,
         "base": summary([r["base"] for r in runs]),

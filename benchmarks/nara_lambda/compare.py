@@ -4,7 +4,9 @@ Two designs make the λ that NaRA's hypernetwork trains on cover the λ the samp
 docs/noise-level.md):
 * canvas:     `--padding canvas --noise-draw grid`: each response EOS-padded to a multiple of 64; λ = k / L exactly;
 * continuous: `--padding longest --noise-draw continuous`: no padding beyond the batch's longest; λ = the draw t,
-              k = ⌈t·L⌉ masked, weight L / k.
+              k = ⌈t·L⌉ masked, weight L / k;
+and a control that does neither, longest-grid: `--padding longest --noise-draw grid` (the old default, uniform k),
+and continuous-pad32: `--padding 32 --noise-draw continuous` (dense λ, responses EOS-padded to eval's 32-token canvas).
 For each design this measures, and writes to `benchmarks/results/noise_design.json`:
 1. accuracy: the README's first run with the design's flags (`task_gain.one_seed`: `dllm-peft train --method nara`
    then `dllm-peft eval --adapter out`, 3 seeds, `--jobs` of them at once); a seed whose `result.json` is already in
@@ -46,6 +48,8 @@ from dllm_peft.training.validation import batch_padding, load_training_data  # n
 DESIGNS = {
     "canvas": "--padding canvas --noise-draw grid",
     "continuous": "--padding longest --noise-draw continuous",
+    "longest-grid": "--padding longest --noise-draw grid",  # neither: the control (round 1's old default, uniform k)
+    "continuous-pad32": "--padding 32 --noise-draw continuous",  # both halves: dense λ, EOS tail of eval's canvas
 }
 RESULTS = ROOT / "benchmarks" / "results" / "noise_design.json"
 
