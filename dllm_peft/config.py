@@ -339,11 +339,6 @@ class EvalConfig:
     compare_base: bool = option(True, "With --adapter: also evaluate the base model, in the same run and table.")
     mc_num: int = option(128, "Monte-Carlo samples per log-likelihood (multiple-choice protocol).")
     batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")
-    noise_draw: str = option(
-        "continuous",
-        "λ routed to noise-conditioned adapters in training: continuous (the draw t ~ U(0,1], k = ⌈t·L⌉ masked, as "
-        "the NaRA authors) or grid (k / L, exact; pair it with --padding canvas to cover the sampler's λ).",
-    )
     chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
     seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
     dtype: str = option("auto", "dtype the model runs in: auto, float32, bfloat16 or float16.")
