@@ -28,8 +28,10 @@ DEFAULT_DATA = "builtin:lastdigit"
 
 
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_GEN_LENGTH = 64  # the sampler's default canvas; the default --padding makes training cover its λ grid
+DEFAULT_GEN_LENGTH = 64  # the sampler's default canvas; --padding canvas makes training's λ grid contain its grid
+DEFAULT_PADDING = "32"  # EOS tail of eval's 32-token canvas; chosen by benchmarks/results/noise_design.json
 PADDING_MODES = ("canvas", "longest", "max_length")
+NOISE_DRAWS = ("continuous", "grid")  # the λ routed in training: the draw t, or k / L (docs/noise-level.md)
 DEFAULT_NOISE_LEVELS = "0.1,0.3,0.5,0.7,0.9"
 
 
@@ -62,10 +64,15 @@ class TrainConfig:
     max_length: int = option(256, "Longest prompt + response, in tokens.")
     overlong: str = option("drop", "What to do with longer examples: drop or truncate (always reported).")
     padding: str = option(
-        "canvas",
-        f"EOS padding of the response: canvas (each to a multiple of the sampler's default --gen-length, "
-        f"{DEFAULT_GEN_LENGTH}, so training routes every λ it samples at), N (a multiple of N tokens), longest "
-        "(to the batch's longest example) or max_length (the reference).",
+        DEFAULT_PADDING,
+        f"EOS padding of the response: N (each to a multiple of N tokens; default {DEFAULT_PADDING}, the canvas of "
+        f"`dllm-peft eval` on the built-in tasks), canvas (a multiple of the sampler's default --gen-length, "
+        f"{DEFAULT_GEN_LENGTH}), longest (to the batch's longest example) or max_length (the reference).",
+    )
+    noise_draw: str = option(
+        "continuous",
+        "λ routed to noise-conditioned adapters in training: continuous (the draw t ~ U(0,1], k = ⌈t·L⌉ masked, as "
+        "the NaRA authors) or grid (k / L, exact; pair it with --padding canvas to cover the sampler's λ).",
     )
     chat_template: str = option("auto", "auto: put the prompt through the tokenizer's chat template if it has one; none.")
     prompt_field: str = option("prompt", "Field holding the prompt in the data records.")
@@ -99,6 +106,7 @@ class TrainConfig:
             "overlong": ("drop", "truncate"),
             "chat_template": ("auto", "none"),
             "precision": TRAIN_PRECISIONS,
+            "noise_draw": NOISE_DRAWS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -133,3 +133,40 @@ def test_golden_loss_value_on_a_fixed_seed(backbone, batch):
 
 
 GOLDEN_LOSS = 5.682936  # k uniform on {1..L} (issue 16); was 5.688167 with round(t·L)
+
+
+# -- --noise-draw continuous: the draw t is routed, k = ⌈t·L⌉ is masked, the weight stays L / k ---------------------
+class _RecordingRouter:
+    """Stands in for `conditioning.noise_level`: records the λ the loss routes."""
+
+    def __init__(self):
+        self.routed = []
+
+    def __call__(self, model, level):
+        import contextlib
+
+        self.routed.append(level.clone())
+        return contextlib.nullcontext()
+
+
+def test_continuous_draw_routes_t_masks_ceil_t_l_and_keeps_the_elbo_weight(backbone, batch, monkeypatch):
+    from dllm_peft.diffusion import loss as loss_module
+    from dllm_peft.diffusion.schedule import draw_noise
+
+    recorder = _RecordingRouter()
+    monkeypatch.setattr(loss_module, "routed_noise_level", recorder)
+    lengths = batch.response_mask.sum(1)
+    continuous = masked_diffusion_loss(
+        backbone, batch.input_ids, batch.response_mask, generator=torch.Generator().manual_seed(5),
+        noise_draw="continuous",
+    )
+    grid = masked_diffusion_loss(backbone, batch.input_ids, batch.response_mask, generator=torch.Generator().manual_seed(5))
+    t, counts = draw_noise(lengths, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(recorder.routed[0], t)  # the continuous draw itself
+    torch.testing.assert_close(recorder.routed[1], counts.float() / lengths.float())  # grid: k / L
+    assert torch.equal(counts, torch.ceil(t * lengths).long().clamp(1))
+    assert not torch.allclose(t, counts.float() / lengths.float())  # the two designs route different λ
+    # same draw, same mask, same weight L / k: with a backbone that ignores λ the losses are equal
+    torch.testing.assert_close(continuous.loss, grid.loss)
+    torch.testing.assert_close(continuous.noise_level, t)
+    assert continuous.masked_tokens == grid.masked_tokens == int(counts.sum())

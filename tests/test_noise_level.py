@@ -1,5 +1,6 @@
-"""One canvas (issue 16): the λ values training routes cover those the sampler routes, and validation is labelled
-with the λ it routed and does not depend on --batch-size."""
+"""The noise level end to end (issue 16): the λ values training routes cover those the sampler routes (default:
+a continuous λ; `--padding canvas --noise-draw grid`: an exact grid), and validation is labelled with the λ it
+routed and does not depend on --batch-size."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def sampled_noise_levels(backbone, config: SamplerConfig, monkeypatch) -> set[fl
 
 
 # -- Must show 1 ----------------------------------------------------------------------------------------------------
-def test_default_training_routes_every_lambda_the_default_sampler_routes(monkeypatch):
-    """Default `train` (dllm-tiny, builtin:lastdigit, --padding canvas) and default `sample` / default-task `eval`."""
-    config = TrainConfig()
+def test_canvas_grid_training_routes_every_lambda_the_default_sampler_routes(monkeypatch):
+    """`train --padding canvas --noise-draw grid` (dllm-tiny, builtin:lastdigit) and default `sample` / task `eval`."""
+    config = TrainConfig(padding="canvas", noise_draw="grid")
     backbone = load_backbone(config.model)
     data = load_training_data(config, backbone)
     padding = batch_padding(config)
@@ -68,8 +69,31 @@ def test_default_training_routes_every_lambda_the_default_sampler_routes(monkeyp
     assert {round(level, 9) for level in out.noise_level.tolist()} <= routed
 
 
-def test_the_old_default_padding_leaves_most_of_the_sampler_grid_untrained(monkeypatch):
-    config = TrainConfig(padding="longest")
+def test_default_training_routes_a_dense_lambda_around_every_lambda_the_default_sampler_routes(monkeypatch):
+    """Default `train` (--noise-draw continuous, --padding 32): the λ routed are the draws t themselves, so over a
+    default run (600 steps × 8 examples) every λ the sampler routes has a routed λ within a tenth of its 64-grid
+    spacing, for default `sample` (gen length 64) and for `eval` on the built-in tasks (32)."""
+    config = TrainConfig()
+    assert (config.noise_draw, config.padding) == ("continuous", "32")
+    backbone = load_backbone(config.model)
+    data = load_training_data(config, backbone)
+    batch = collate(data.train[:8], backbone.eos_id, **batch_padding(config))
+    routed = torch.cat([
+        masked_diffusion_loss(backbone, batch.input_ids, batch.response_mask, batch.attention_mask,
+                              generator=torch.Generator().manual_seed(step), noise_draw=config.noise_draw).noise_level
+        for step in range(config.max_steps)
+    ])  # (4800,) what `train` routes, one draw per example and step
+    assert routed.min() > 0 and routed.max() <= 1
+    assert len(set(routed.tolist())) > 4700  # not a grid: (almost) every draw is its own λ
+    assert batch.response_mask.sum(dim=1).tolist() == [32] * 8  # each answer EOS-padded to eval's canvas
+    for sampler in (SamplerConfig(gen_length=32, block_length=32, steps=32), SamplerConfig()):
+        sampled = torch.tensor(sorted(sampled_noise_levels(backbone, sampler, monkeypatch)))
+        nearest = (sampled[:, None] - routed[None, :]).abs().min(dim=1).values  # (levels,)
+        assert nearest.max() < 0.1 / 64, nearest.max()
+
+
+def test_longest_padding_with_the_grid_draw_leaves_most_of_the_sampler_grid_untrained(monkeypatch):
+    config = TrainConfig(padding="longest", noise_draw="grid")
     backbone = load_backbone(config.model)
     data = load_training_data(config, backbone)
     routed: set[float] = set()
@@ -93,7 +117,7 @@ def test_canvas_padding_is_per_example_and_never_passes_max_length(backbone):
 
 
 def test_train_reports_the_lambda_it_routed_and_warns_when_the_sampler_grid_is_not_covered(tmp_path):
-    covered = train(TrainConfig(**TINY, max_steps=2, output=str(tmp_path / "canvas")))
+    covered = train(TrainConfig(**TINY, max_steps=2, padding="canvas", noise_draw="grid", output=str(tmp_path / "canvas")))
     histogram = read_metrics(tmp_path / "canvas", "noise_levels")[-1]
     assert sum(histogram["histogram"].values()) == 2 * 4
     assert all(float(level) * 64 == pytest.approx(round(float(level) * 64)) for level in histogram["histogram"])
@@ -101,17 +125,29 @@ def test_train_reports_the_lambda_it_routed_and_warns_when_the_sampler_grid_is_n
     assert covered.losses
 
     reports = []
-    train(TrainConfig(**TINY, max_steps=2, padding="longest", output=str(tmp_path / "longest")), None, reports.append)
+    grid = TrainConfig(**TINY, max_steps=2, padding="longest", noise_draw="grid", output=str(tmp_path / "longest"))
+    train(grid, None, reports.append)
     warning = read_metrics(tmp_path / "longest", "warning")[0]["noise_level_coverage"]
     assert len(warning["missing_sampler_noise_levels"]) > 32
     assert any(getattr(report, "missing", None) for report in reports)
 
+    # continuous: the same short regions, but λ is the draw t; nothing is missing, no warning, binned to 1e-3
+    reports = []
+    dense = dataclasses.replace(grid, noise_draw="continuous", output=str(tmp_path / "continuous"))
+    train(dense, None, reports.append)
+    histogram = read_metrics(tmp_path / "continuous", "noise_levels")[-1]
+    assert histogram["noise_draw"] == "continuous" and histogram["missing_sampler_noise_levels"] == []
+    assert sum(histogram["histogram"].values()) == 2 * 4 and not read_metrics(tmp_path / "continuous", "warning")
+    assert len(histogram["histogram"]) > 3  # more λ values than a 3-token grid has
+    assert all(float(level) == round(float(level), 3) for level in histogram["histogram"])
+    assert [report.noise_draw for report in reports if hasattr(report, "noise_draw")] == ["continuous"]
+
 
 # -- validation ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("padding", ["canvas", "longest"])
-def test_validation_at_step_0_does_not_depend_on_the_batch_size(padding):
+@pytest.mark.parametrize("padding, noise_draw", [("canvas", "grid"), ("longest", "grid"), ("longest", "continuous")])
+def test_validation_at_step_0_does_not_depend_on_the_batch_size(padding, noise_draw):
     backbone = load_backbone("dllm-tiny")
-    config = TrainConfig(val_size=16, padding=padding)
+    config = TrainConfig(val_size=16, padding=padding, noise_draw=noise_draw)
     data = load_training_data(config, backbone)
     reports = [
         validate(backbone, data.validation, dataclasses.replace(config, batch_size=size), Accelerator(cpu=True), 0)
@@ -123,6 +159,8 @@ def test_validation_at_step_0_does_not_depend_on_the_batch_size(padding):
     # each row is labelled with the λ it routed: round(λ·64) / 64 under canvas padding
     if padding == "canvas":
         assert reports[0].routed == pytest.approx({level: round(level * 64) / 64 for level in config.noise_levels})
+    if noise_draw == "continuous":  # the nominal λ is routed as it is
+        assert reports[0].routed == pytest.approx({level: level for level in config.noise_levels})
 
 
 # -- --hypernetwork-lr -----------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ task's test split in the same run. The figures (wall times, base and adapted exa
 the seeds) are merged into `benchmarks/results/default_model.json` (or `--output`) under "default_task".
 `--quick`: seed 0 only, trained for 100 steps (`--max-steps 100`, instead of the default 600) and scored on the first
 64 test prompts (`dllm-peft eval --limit 64`) instead of all 256: a smoke run of the same two commands.
+`--train-args "..."`: extra `train` flags (e.g. another design of the noise level, `benchmarks/nara_lambda/compare.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,9 +45,9 @@ def run(command: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - started
 
 
-def one_seed(seed: int, workdir: Path, quick: bool) -> dict:
+def one_seed(seed: int, workdir: Path, quick: bool, extra: list[str]) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
-    train = ["dllm-peft", "train", "--method", "nara"] + ([] if seed == 0 else ["--seed", str(seed)])
+    train = ["dllm-peft", "train", "--method", "nara"] + ([] if seed == 0 else ["--seed", str(seed)]) + extra
     train += ["--max-steps", str(QUICK_STEPS)] if quick else []
     train_seconds = run(train, workdir, workdir / "train.log")
     evaluate = ["dllm-peft", "eval", "--adapter", "out", "--output", "eval.json"]
@@ -77,23 +80,29 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary dir)")
     parser.add_argument("--quick", action="store_true", help=f"seed 0, {QUICK_STEPS} steps, {QUICK_EVAL_LIMIT} test prompts")
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON to merge `default_task` into")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (wall times then share the CPU)")
+    parser.add_argument("--train-args", default="", help="extra flags for `dllm-peft train` (default: none)")
     args = parser.parse_args()
     started = time.perf_counter()
     mode = "quick" if args.quick else "full"
     seeds = args.seeds or (1 if args.quick else 3)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dllm-tiny-task-"))
-    runs = []
-    for seed in range(seeds):
-        runs.append(one_seed(seed, workdir / f"seed{seed}", args.quick))
-        print(json.dumps(runs[-1]), flush=True)
+    extra = shlex.split(args.train_args)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one_seed, seed, workdir / f"seed{seed}", args.quick, extra) for seed in range(seeds)]
+        runs = [future.result() for future in futures]
+    for result in runs:
+        print(json.dumps(result), flush=True)
     defaults = TrainConfig()
     record = json.loads(args.output.read_text()) if args.output.is_file() else {}
     record["default_task"] = {
         "command": " ".join(["python", "benchmarks/default_model/task_gain.py", *sys.argv[1:]]),
         "mode": mode,
         "defaults": {"model": defaults.model, "data": defaults.data, "method": defaults.method,
-                     "max_steps": defaults.max_steps, "lr": defaults.lr, "rank": defaults.rank},
+                     "max_steps": defaults.max_steps, "lr": defaults.lr, "rank": defaults.rank,
+                     "padding": defaults.padding, "noise_draw": defaults.noise_draw},
         "cpu_count": os.cpu_count(),
+        "jobs": args.jobs,
         "load_average_at_end": os.getloadavg()[0],  # the machine is shared: wall times depend on it
         "runs": runs,
         "base": summary([r["base"] for r in runs]),

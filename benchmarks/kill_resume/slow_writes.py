@@ -7,11 +7,12 @@ HOLD seconds after it is written and before it is renamed into place. Only timin
 import sys
 import time
 
-from dllm_peft import atomic
+import safetensors.torch
+
 from dllm_peft.__main__ import run
 
 HOLD = 0.25
-_save_file = atomic.save_file
+_save_file = safetensors.torch.save_file  # `atomic` imports it when it writes, so patch it at the source
 
 
 def _held_save_file(tensors, path, metadata=None):
@@ -19,6 +20,6 @@ def _held_save_file(tensors, path, metadata=None):
     time.sleep(HOLD)  # the file exists only under its temporary name now
 
 
-atomic.save_file = _held_save_file
+safetensors.torch.save_file = _held_save_file
 sys.argv[0] = "dllm-peft"
 run()

@@ -9,7 +9,8 @@ its config and fail on a missing `peft_type`); `dllm-peft export` writes the PEF
 tried in this order (`read_adapter`):
   1. native files (or their old names, `adapter_config.json` + `adapter_model.safetensors` carrying our metadata);
   2. a stock PEFT LoRA / DoRA / HiRA folder (`peft_import.py`), mapped onto the same record and tensor names;
-  3. any reader in `FOREIGN_READERS`, for other published layouts.
+  3. any reader in `FOREIGN_READERS`, for other published layouts: the NaRA authors' checkpoints
+     (`nara_reference.py`: `adapter_model.bin`, read with `torch.load(weights_only=True)` only).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .peft_import import (
     peft_config_beside,
     peft_record,
 )
+from .nara_reference import read_reference_nara, reference_config_beside
 from .registry import get_method
 
 CONFIG_FILE = "dllm_peft_adapter.json"
@@ -97,6 +99,8 @@ def weights_path(path: str | Path) -> Path:
     for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
         if (path / name).is_file():
             return path / name
+    if (path / PEFT_PICKLE_FILE).is_file() and reference_config_beside(path / PEFT_PICKLE_FILE) is not None:
+        return path / PEFT_PICKLE_FILE
     if (path / PEFT_PICKLE_FILE).is_file():
         raise DllmPeftError(
             f"{str(path)!r} holds {PEFT_PICKLE_FILE}, a pickle file, which dllm-peft does not load; save the adapter "
@@ -114,6 +118,12 @@ def read_adapter(path: str | Path) -> tuple[Record, Tensors]:
     tensors of the equivalent dllm-peft adapter; see the module docstring for the order in which layouts are tried.
     """
     file = weights_path(path)
+    if file.suffix == ".bin":  # only a foreign reader that knows the layout opens it (tensors only, no pickled code)
+        for reader in FOREIGN_READERS:
+            found = reader(file, {}, {})
+            if found is not None:
+                return found
+        raise DllmPeftError(f"{str(file)!r} is a pickle file, which dllm-peft reads only in the NaRA authors' layout")
     try:
         with safe_open(str(file), framework="pt") as reader:
             metadata = reader.metadata() or {}
@@ -140,13 +150,19 @@ def read_adapter(path: str | Path) -> tuple[Record, Tensors]:
 
 def _read_peft(file: Path, metadata: dict[str, str], tensors: Tensors) -> tuple[Record, Tensors] | None:
     peft_config = peft_config_beside(file)
-    return None if peft_config is None else peft_record(peft_config, tensors, file)
+    if peft_config is None or file.suffix != ".safetensors":
+        return None
+    return peft_record(peft_config, tensors, file)
+
+
+def _read_nara_reference(file: Path, metadata: dict[str, str], tensors: Tensors) -> tuple[Record, Tensors] | None:
+    return read_reference_nara(file)
 
 
 # Readers of layouts that other tools write: (weights file, its safetensors metadata, its tensors) → (record, tensors
 # under native names), or None when the file is not theirs. Tried in order after the native layout.
 ForeignReader = Callable[[Path, dict[str, str], Tensors], "tuple[Record, Tensors] | None"]
-FOREIGN_READERS: list[ForeignReader] = [_read_peft]
+FOREIGN_READERS: list[ForeignReader] = [_read_peft, _read_nara_reference]
 
 
 def _check_config_file(path: Path, record: dict[str, Any], weights_name: str) -> None:

@@ -21,7 +21,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..config import CACHES, EOS_SUPPRESSION, EVAL_PROTOCOLS, EXPORT_FORMATS, REMASKING, TRAIN_PRECISIONS
+from ..config import (
+    CACHES,
+    EOS_SUPPRESSION,
+    EVAL_PROTOCOLS,
+    EXPORT_FORMATS,
+    NOISE_DRAWS,
+    REMASKING,
+    TRAIN_PRECISIONS,
+)
 
 # = adapters.registry.METHODS and training.recipes.RECIPES (tests/test_help.py keeps them equal)
 METHOD_NAMES = (
@@ -39,6 +47,7 @@ DtypeName = Literal[DTYPE_NAMES]
 PrecisionName = Literal[TRAIN_PRECISIONS]
 OverlongPolicy = Literal["drop", "truncate"]
 ChatTemplate = Literal["auto", "none"]
+NoiseDraw = Literal[NOISE_DRAWS]
 RemaskingName = Literal[REMASKING]
 CacheName = Literal[CACHES]
 EosSuppression = Literal[EOS_SUPPRESSION]
@@ -69,7 +78,7 @@ PANELS: dict[str, dict[str, str]] = {
     "train": {
         **dict.fromkeys(
             ("model", "data", "prompt_field", "response_field", "chat_template", "max_length", "overlong", "padding",
-             "val_data", "val_size", "trust_remote_code"), MODEL_DATA),
+             "noise_draw", "val_data", "val_size", "trust_remote_code"), MODEL_DATA),
         **dict.fromkeys(
             ("method", "recipe", "rank", "eta", "dropout", "targets", "adapter_option", "init_adapter"), METHOD),
         **dict.fromkeys(("lr", "hypernetwork_lr", "batch_size", "grad_accum", "seed"), OPTIMISATION),

@@ -23,6 +23,7 @@ from .help import (
     DtypeName,
     HelpCommand,
     MethodName,
+    NoiseDraw,
     OverlongPolicy,
     PrecisionName,
     RecipeName,
@@ -55,6 +56,7 @@ def train_command(
     max_length: int = typer.Option(D.max_length, help=H("max_length")),
     overlong: OverlongPolicy = typer.Option(D.overlong, help=H("overlong")),
     padding: str = typer.Option(D.padding, help=H("padding")),
+    noise_draw: NoiseDraw = typer.Option(D.noise_draw, help=H("noise_draw")),
     chat_template: ChatTemplate = typer.Option(D.chat_template, help=H("chat_template")),
     prompt_field: str = typer.Option(D.prompt_field, help=H("prompt_field")),
     response_field: str = typer.Option(D.response_field, help=H("response_field")),
@@ -184,6 +186,9 @@ def _describe(report, settings: TrainConfig) -> str:
         return f"step {report.step} validation loss {report.loss:.4f} | at λ {levels}"
     if isinstance(report, NoiseLevelCoverage):
         lengths = ", ".join(str(length) for length in report.response_lengths)
+        if report.noise_draw == "continuous":
+            return f"[dim]noise levels: training routes a dense λ in (0, 1] (--noise-draw continuous), so every λ " \
+                   f"the sampler routes lies within the trained range[/]"
         if not report.missing:
             return f"[dim]noise levels: response regions of {lengths} tokens route every λ of the sampler's " \
                    f"{report.gen_length}-token canvas[/]"
@@ -191,7 +196,7 @@ def _describe(report, settings: TrainConfig) -> str:
         return (
             f"[yellow]warning[/]: {len(report.missing)} λ value(s) the sampler routes on its default "
             f"{report.gen_length}-token canvas are never routed in training ({shown}; response regions of "
-            f"{lengths} tokens); the noise-conditioned adapter will extrapolate there: use --padding canvas"
+            f"{lengths} tokens); the noise-conditioned adapter will extrapolate there: use --noise-draw continuous or --padding canvas"
         )
     if isinstance(report, CheckpointSaved):
         return f"[dim]saved checkpoint {report.path}[/]"

@@ -9,9 +9,10 @@ records through the documented template and label words (`classification.py`).
 
 As in LLaDA's SFT (and the NaRA recipes): the prompt goes through the tokenizer's chat template when it has one, the
 response ends with EOS, and EOS padding is part of the response region, so the model learns to fill the tail of a
-canvas with EOS. The region is padded per example to a multiple of a canvas length (`--padding canvas`, the default:
-the sampler's default `--gen-length`, so that every λ = k / gen_length the sampler routes is a λ = k' / L training
-routes, see docs/noise-level.md), to the batch's longest example, or to `max_length` as the reference does. Examples longer than
+canvas with EOS. The region is padded per example to a multiple of a canvas length (`--padding N`; the default, 32,
+is the canvas `dllm-peft eval` uses on the built-in tasks; `canvas` is the sampler's default `--gen-length`, so that
+every λ = k / gen_length the sampler routes is a λ = k' / L training routes, see docs/noise-level.md), to the batch's
+longest example, or to `max_length` as the reference does. Examples longer than
 `max_length` are never dropped silently: `tokenize_pairs` counts them in a `LengthReport`.
 """
 

@@ -3,7 +3,8 @@
 The noise level λ of a sequence is the fraction of its response region that is masked: λ = k / L for k masked
 tokens out of L response tokens. Training draws t ~ U(0, 1] per example and masks exactly k = ⌈t·L⌉ response tokens,
 so k is uniform on {1, …, L}: every λ = k / L, the fully masked state the sampler starts from included, is equally
-likely (as the NaRA reference's ceil(t·L) and LLaDA's likelihood estimator). With that draw the loss weight L / k =
+likely (as the NaRA reference's ceil(t·L) and LLaDA's likelihood estimator). The λ routed to noise-aware adapters
+is k / L (`--noise-draw grid`) or the draw t itself (`continuous`, as the reference; see docs/noise-level.md). With that draw the loss weight L / k =
 1 / λ makes the loss the ELBO of masked diffusion (`loss.py`); an exact k ≥ 1 is both the value fed to NaRA and a safe
 weight (the reference divides by t with no floor). Prompt tokens are never masked.
 
@@ -42,11 +43,20 @@ def uniform(shape: tuple[int, ...], generator: Generators, device: torch.device 
     return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generators])
 
 
-def draw_mask_counts(response_lengths: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-    """k = ⌈t · L⌉ with t ~ U(0, 1], one per example: k is uniform on {1, …, L}. Returns (B,) long."""
+def draw_noise(response_lengths: torch.Tensor, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U(0, 1] and k = ⌈t · L⌉, one per example: k is uniform on {1, …, L}. Returns t (B,) float32, k (B,) long.
+
+    Under `--noise-draw continuous` t itself is the λ routed to the adapter (as the NaRA reference feeds its draw);
+    under `grid` the routed λ is k / L.
+    """
     t = 1.0 - uniform(tuple(response_lengths.shape), generator, response_lengths.device)  # (B,) in (0, 1]
     counts = torch.ceil(t * response_lengths).long()
-    return torch.minimum(counts.clamp(min=1), response_lengths)
+    return t, torch.minimum(counts.clamp(min=1), response_lengths)
+
+
+def draw_mask_counts(response_lengths: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """k = ⌈t · L⌉ with t ~ U(0, 1], one per example: k is uniform on {1, …, L}. Returns (B,) long."""
+    return draw_noise(response_lengths, generator)[1]
 
 
 def mask_counts_at(noise_level: float, response_lengths: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ _REFERENCE = {
     "grad_accum": 32,
     "max_length": 512,
     "padding": "max_length",
+    "noise_draw": "continuous",  # the reference feeds its draw t to the hypernetwork
     "chat_template": "auto",
 }
 

@@ -131,18 +131,21 @@ class Resumed:
 class NoiseLevelCoverage:
     """Before the first step: whether the λ values training will route contain those the sampler routes by default.
 
-    The sampler's λ grid is k / gen_length (default settings: `SamplerConfig()`); training routes k / L for the
-    response-region lengths L of its batches. `missing` lists the sampler's λ that no training batch can route: the
-    noise-conditioned adapter (NaRA's hypernetwork) never trains there and the sampler extrapolates.
+    The sampler's λ grid is k / gen_length (default settings: `SamplerConfig()`). Under `--noise-draw continuous`
+    training routes its draw t, dense in (0, 1], so every sampler λ lies within the trained range and nothing is
+    missing. Under `grid` training routes k / L for the response-region lengths L of its batches; `missing` lists the
+    sampler's λ that no training batch can route: the noise-conditioned adapter (NaRA's hypernetwork) never trains
+    there and the sampler extrapolates.
     """
 
     gen_length: int
     missing: list[float]  # sampler λ values training never routes (empty: covered)
     response_lengths: list[int]  # distinct L of the training batches, at most the 8 most common
+    noise_draw: str = "grid"
 
     def metrics(self) -> dict:
         return {"sampler_gen_length": self.gen_length, "missing_sampler_noise_levels": self.missing,
-                "response_lengths": self.response_lengths}
+                "response_lengths": self.response_lengths, "noise_draw": self.noise_draw}
 
 
 TrainReport = DataReport | ValidationReport | CheckpointSaved | Resumed | NoiseLevelCoverage
@@ -242,6 +245,7 @@ def train(
     coverage = noise_level_coverage(config, data, order, steps, examples_per_step)
     report(coverage)
     routed: dict[float, int] = {}  # λ → examples routed at it by this process (this session of the run)
+    digits = 3 if config.noise_draw == "continuous" else 6
     device = accelerator.device
     model.train()
 
@@ -299,13 +303,15 @@ def train(
                         batch.response_mask.to(device),
                         batch.attention_mask.to(device),
                         generator=generator,
+                        noise_draw=config.noise_draw,
                     )
                     objective = out.loss
                     if method.regularization is not None:  # e.g. LoRA-Diffusion's rank and orthogonality terms
                         objective = objective + method.regularization(backbone.model)
                     accelerator.backward(objective / config.grad_accum)
                 for level in out.noise_level.tolist():
-                    routed[round(level, 6)] = routed.get(round(level, 6), 0) + 1
+                    level = round(level, digits)  # a continuous λ is binned to 1e-3
+                    routed[level] = routed.get(level, 0) + 1
                 local_loss += out.loss.item() / config.grad_accum
                 local_tokens += batch.tokens
             totals = accelerator.reduce(torch.tensor([local_loss, local_tokens], device=device, dtype=torch.float64))
@@ -407,7 +413,8 @@ def noise_level_coverage(
     sampler = SamplerConfig()
     levels = sampler_noise_levels(sampler.gen_length, sampler.block_length, sampler.steps)
     common = [length for length, _ in lengths.most_common(8)]
-    return NoiseLevelCoverage(sampler.gen_length, covers(list(lengths), levels), common)
+    missing = [] if config.noise_draw == "continuous" else covers(list(lengths), levels)  # continuous: dense λ
+    return NoiseLevelCoverage(sampler.gen_length, missing, common, config.noise_draw)
 
 
 def _gathered_histogram(accelerator: Accelerator, routed: dict[float, int]) -> dict[float, int]:

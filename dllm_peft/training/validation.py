@@ -6,8 +6,8 @@ else `--val-size` examples held out of `--data` at random (fixed by the seed).
 
 `validate` scores the held-out examples with the masked-diffusion loss twice over: once at noise levels drawn as in
 training, and once at each fixed λ of `--val-noise-levels` (exactly round(λ·L) response tokens masked, through
-`schedule.mask_counts_at`; each row is labelled with the mean λ = k / L it actually routed, which differs from the
-nominal λ when L is small). The masks are seeded per example and the response region of an example does not depend
+`schedule.mask_counts_at`; each row is labelled with the mean λ it actually routed: k / L under `--noise-draw grid`,
+which differs from the nominal λ when L is small, the nominal λ itself under `continuous`). The masks are seeded per example and the response region of an example does not depend
 on its chunk (under `--padding longest` every example is padded to the longest validation example), so every
 validation of a run sees the same masks, the curves compare steps, not noise, and the figures do not depend on
 `--batch-size`. Written per evaluation, the per-λ losses show where along the
@@ -148,10 +148,15 @@ def validate(
                     for row in range(len(input_ids))
                 ]
                 counts = None if level is None else mask_counts_at(level, lengths)
+                # continuous: the nominal λ is routed as it is (training routes any λ in (0, 1]); grid: k / L
+                nominal = None
+                if level is not None and config.noise_draw == "continuous":
+                    nominal = torch.full(lengths.shape, level, dtype=torch.float32, device=device)  # (B,)
                 with accelerator.autocast():
                     gather_root(backbone.model)
                     out = masked_diffusion_loss(
-                        backbone, input_ids, response_mask, attention_mask, generator=generators, mask_counts=counts
+                        backbone, input_ids, response_mask, attention_mask, generator=generators, mask_counts=counts,
+                        noise_draw=config.noise_draw, routed_levels=nominal,
                     )
                 if not surplus:
                     sums[0, column] += out.per_example.double().sum()
