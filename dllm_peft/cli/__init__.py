@@ -8,6 +8,7 @@ The only layer that prints; it may import every other layer.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 import typer
@@ -31,6 +32,13 @@ from .help import choices_of
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, then exits with its status (2 and one sentence for a mistake)."""
+    interrupts: list[int] = []
+
+    def on_interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        interrupts.append(signum)  # remembered: a Ctrl-C inside a library's import can surface as any error
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
     try:
         status = app(args=argv, prog_name="dllm-peft", standalone_mode=False)
         if status == 130:  # typer turns a KeyboardInterrupt into a silent exit status 130
@@ -49,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print_error(usage_sentence(error))
         sys.exit(getattr(error, "exit_code", 2))
-    except Exception as error:  # a Ctrl-C inside a lazy import can surface as another error (transformers' loader)
-        if not _interrupted(error):
+    except Exception as error:  # after a Ctrl-C inside a lazy import (transformers, numpy) any error may follow
+        if not (interrupts or _interrupted(error)):
             raise
         print_error("interrupted")
         sys.exit(130)

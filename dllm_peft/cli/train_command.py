@@ -187,8 +187,8 @@ def _describe(report, settings: TrainConfig) -> str:
     if isinstance(report, NoiseLevelCoverage):
         lengths = ", ".join(str(length) for length in report.response_lengths)
         if report.noise_draw == "continuous":
-            return f"[dim]noise levels: training routes a dense λ in (0, 1] (--noise-draw continuous), so every λ " \
-                   f"the sampler routes lies within the trained range[/]"
+            return "[dim]noise levels: training routes a dense λ in (0, 1] (--noise-draw continuous), so every λ " \
+                   "the sampler routes lies within the trained range[/]"
         if not report.missing:
             return f"[dim]noise levels: response regions of {lengths} tokens route every λ of the sampler's " \
                    f"{report.gen_length}-token canvas[/]"
