@@ -37,7 +37,7 @@ EXAMPLES = (
     ("merge", "dllm-peft merge --adapter out --noise-level 0.5 --output merged"),
     ("export", "dllm-peft export --adapter out --noise-level 0.5 --output peft-adapter"),
 )
-PROGRESS = re.compile(r"^(step \d+/\d+ loss |(base|adapter) · )")
+PROGRESS = re.compile(r"^(step \d+/\d+ loss |(base|adapter) · |dllm-peft (base|adapter) [a-z_]+: \d+/\d+ )")
 
 
 def kept_lines(output: str) -> list[str]:
