@@ -9,15 +9,15 @@ import statistics
 import pytest
 import torch
 
-from dllm_peft.diffusion.likelihood import (
+from dllm_peft.diffusion.adaptive_likelihood import (
     MIN_ROUNDS,
     ROUND_SAMPLES,
     adaptive_estimates,
     enumeration_masks,
     exact_log_likelihood,
     paired_masks,
-    reference_log_likelihood,
 )
+from dllm_peft.diffusion.likelihood import reference_log_likelihood
 from dllm_peft.evaluation.lm import DllmPeftLM
 
 PROMPT = "Reverse: stone\nAnswer:"

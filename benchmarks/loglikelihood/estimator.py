@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import DATA_DIR, REAL_TASKS, ROOT, bpe_requests, real_requests, subword_encoder  # noqa: E402
 
 from dllm_peft.atomic import atomic_write_bytes  # noqa: E402
-from dllm_peft.diffusion.likelihood import adaptive_estimates, log_likelihoods  # noqa: E402
+from dllm_peft.diffusion.adaptive_likelihood import adaptive_estimates  # noqa: E402
+from dllm_peft.diffusion.likelihood import log_likelihoods  # noqa: E402
 from dllm_peft.models import DEFAULT_MODEL_NAME, load_backbone  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "loglikelihood_estimator.json"

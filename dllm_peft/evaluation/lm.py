@@ -55,7 +55,8 @@ from lm_eval.utils import (
 
 from ..adapters.files import load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, MC_ESTIMATORS, SAMPLER_PRESETS, SamplerConfig
-from ..diffusion.likelihood import adaptive_log_likelihoods, greedy_matches, log_likelihoods
+from ..diffusion.adaptive_likelihood import adaptive_log_likelihoods
+from ..diffusion.likelihood import greedy_matches, log_likelihoods
 from ..diffusion.sampler import sample
 from ..errors import DllmPeftError
 from ..models import Backbone, load_backbone
