@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as json_module
 import math
+import re
 from typing import TYPE_CHECKING
 
 import typer
@@ -74,6 +75,10 @@ def print_header(summary: AdapterSummary) -> None:
     skipped = ("method", "target_modules")
     settings = {key: value for key, value in summary.settings.items() if key not in skipped and value is not None}
     targets = summary.settings.get("target_modules") or list(summary.norms_by_type)
+    # full module names (a PEFT folder lists every layer's) read as their distinct last parts, as our own files do
+    targets = list(dict.fromkeys(
+        name.rsplit(".", 1)[-1] if re.fullmatch(r"[\w.]+", name) else name for name in map(str, targets)
+    ))
     out.print(f"[bold]{summary.method}[/] adapter  {summary.source}")
     out.print(f"  base model   {summary.base_model or 'not recorded'}")
     out.print(f"  settings     {', '.join(f'{key}={value}' for key, value in settings.items()) or 'none'}")
