@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import threading
 
 import typer
 from typer.exceptions import Abort
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         interrupts.append(signum)  # remembered: a Ctrl-C inside a library's import can surface as any error
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
     try:
         status = app(args=argv, prog_name="dllm-peft", standalone_mode=False)
         if status == 130:  # typer turns a KeyboardInterrupt into a silent exit status 130
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print_error("interrupted")
         sys.exit(130)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)  # a caller of main() in Python keeps its own handler
     sys.exit(status if isinstance(status, int) else 0)
 
 
