@@ -54,6 +54,19 @@ def test_a_gen_length_the_user_set_is_refused_in_one_sentence_when_it_leaves_no_
         lm.generate_until([generate("Q?", 16)])
 
 
+def test_the_math_tasks_run_to_a_table_on_the_default_model_with_no_other_flag(tmp_path, capsys):
+    """Must show 1 of issue 17 on a folder in the LLM-Adapters layout (three fixture rows per task: the SVAMP and MAWPS
+    files are not in ../shared/data): the default gen length fills the 256-token window, so it is capped, once."""
+    write_llm_adapters_folder(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--tasks", "svamp,mawps,gsm8k", "--data-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert exited.value.code == 0, captured.err
+    rows = [line.split("│")[1:-1] for line in captured.out.splitlines() if line.startswith("│")]
+    assert [(cells[0].strip(), cells[-1].strip()) for cells in rows] == [("svamp", "3"), ("mawps", "3"), ("gsm8k", "3")]
+    assert captured.err.count("generation is capped") == 1 and "context is 256 tokens" in captured.err
+
+
 def test_peft_is_an_alias_of_adapter_and_batch_size_auto_is_refused():
     with pytest.raises(DllmPeftError, match="batch_size=auto is not supported"):
         DllmPeftLM.create_from_arg_string("pretrained=tiny-llada,batch_size=auto,device=cpu")

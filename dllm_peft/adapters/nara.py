@@ -132,7 +132,8 @@ class NoiseCore(nn.Module):
         self.hypernetwork = nn.Sequential(*layers, last)
         self._memo: dict[float, torch.Tensor] = {}  # λ → (1, r, r), valid while `_memo_stamp` matches the parameters
         self._memo_stamp: tuple = ()
-        self._submodules = list(self.modules())  # a plain list: read per forward, cheaper than `parameters()`
+        # The submodules' parameter and buffer dicts in a plain list: read per forward, cheaper than `parameters()`.
+        self._dicts = [tensors for module in self.modules() for tensors in (module._parameters, module._buffers)]
 
     def forward(self, noise_level: torch.Tensor | None) -> torch.Tensor:
         """C for each λ of `noise_level` (B,): (B, r, r), or (1, r, r) when every λ is the same."""
@@ -158,6 +159,12 @@ class NoiseCore(nn.Module):
         stamp = tuple((id(t), t._version, t.data_ptr()) for t in self._tensors())
         if stamp != self._memo_stamp or len(self._memo) >= self.memo_size:
             self._memo, self._memo_stamp = {}, stamp
+        if noise_level.numel() == 1:  # the sampler's case, once per forward
+            value = noise_level.item()
+            core = self._memo.get(value)
+            if core is None:
+                core = self._memo[value] = self._compute(torch.tensor([value]))  # (1, r, r)
+            return core
         values = noise_level.tolist()
         for value in dict.fromkeys(values):
             if value not in self._memo:
@@ -172,13 +179,8 @@ class NoiseCore(nn.Module):
         self._memo = {}
 
     def _tensors(self) -> list[torch.Tensor]:
-        """Every parameter and buffer, read from the submodules' own dicts."""
-        return [
-            tensor
-            for module in self._submodules
-            for tensor in (*module._parameters.values(), *module._buffers.values())
-            if tensor is not None
-        ]
+        """Every parameter and buffer, read from the submodules' own dicts (a tensor assigned anew is seen)."""
+        return [tensor for tensors in self._dicts for tensor in tensors.values() if tensor is not None]
 
 
 class ConstantCore(nn.Module):
@@ -239,14 +241,18 @@ class NaraLayer(SharedCoreMixin, LoraLayer):
 
     def __init__(self, base_layer: nn.Linear, config: NaraCConfig, name: str, router):
         super().__init__(base_layer, config, name, router)
-        self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(core) → (core, B · C), core kept alive
-        self._folds_stamp: tuple = ()
+        self._folds: dict[int, tuple] = {}  # id(core) → `_fold`'s entry
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.project_down(x)  # (B, ..., r)
         core = self.core(down.shape[0])  # (B or 1, r, r)
         if core.shape[0] == 1 and self.fold_at_inference and not torch.is_grad_enabled():
-            update = F.linear(down, self._folded(core))  # (B, ..., out): (B · C) (A x), LoRA's cost
+            # (B · C) (A x), LoRA's cost. Inline, not a method: this runs in every adapted layer of every sampler step.
+            up = self.lora_B
+            remembered = self._folds.get(id(core))  # (core, B · C, B's version, B's storage)
+            if remembered is None or remembered[2] != up._version or remembered[3] != up.data_ptr():
+                remembered = self._fold(core, up)
+            update = F.linear(down, remembered[1])  # (B, ..., out)
             return update if self.config.scale == 1.0 else self.config.scale * update
         core = core.to(down.dtype)
         if core.shape[0] == 1:  # one λ for the batch (training's usual case at batch 1): one r × r product
@@ -257,19 +263,18 @@ class NaraLayer(SharedCoreMixin, LoraLayer):
         update = F.linear(mixed, self.lora_B)  # (B, ..., out)
         return update if self.config.scale == 1.0 else self.config.scale * update  # as LoRA: skip a multiply by 1
 
-    def _folded(self, core: torch.Tensor) -> torch.Tensor:
-        """B · C for the core (1, r, r) of this forward: (out, r), remembered while B is unchanged (see MIN_FOLDS)."""
-        remembered = self._folds.get(id(core))
-        stamp = (self.lora_B._version, self.lora_B.data_ptr())
-        if remembered is not None and stamp == self._folds_stamp:
-            return remembered[1]
-        folded = self.lora_B @ core[0].to(self.lora_B.dtype)  # (out, r)
+    def _fold(self, core: torch.Tensor, up: torch.Tensor) -> tuple:
+        """B · C for the core (1, r, r) of this forward and B = `up`, remembered while B is unchanged and the memo
+        holds `MIN_FOLDS` values of λ (see the module docstring): (core, (out, r) B · C, B's version, B's storage)."""
+        folded = up @ core[0].to(up.dtype)  # (out, r)
+        entry = (core, folded, up._version, up.data_ptr())  # the core kept alive: its id is the key
         capacity = FOLD_MEMO_BYTES // (folded.numel() * folded.element_size())
         if capacity >= MIN_FOLDS:
-            if stamp != self._folds_stamp or len(self._folds) >= capacity:
-                self._folds, self._folds_stamp = {}, stamp
-            self._folds[id(core)] = (core, folded)
-        return folded
+            stale = any(other[2] != entry[2] or other[3] != entry[3] for other in self._folds.values())
+            if stale or len(self._folds) >= capacity:
+                self._folds = {}
+            self._folds[id(core)] = entry
+        return entry
 
     def low_rank_factors(self, noise_level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """At a fixed λ NaRA is a plain LoRA with B' = B · C(λ): left (out, r) = s · B · C(λ), right (r, in) = A."""
