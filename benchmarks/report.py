@@ -13,6 +13,8 @@ markers is left as it is, and a file without a block's markers is not touched fo
   design's power, the LoRA-Diffusion paper check, the differences whose interval excludes 0, and the plots;
 * `timings`: the wall time of each benchmark in the last `run_all.py` run, quick and full;
 * `loglikelihood`: every workload × `mc_num` of `benchmarks/loglikelihood/` (speed-up and token ratio);
+* `loglikelihood_estimator`: `--mc-estimator adaptive` against the reference at mc_num 128 (agreement with the judge,
+  tokens, requests/s per task and suite) and the stopping settings it was chosen from;
 * `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses);
 * `sampler`: the sampler's rows of `performance`, for `benchmarks/sampler/README.md`.
 
@@ -374,6 +376,55 @@ def render_loglikelihood(results: dict[str, dict]) -> str:
     return data["table"] + "\n\n(" + "; ".join(notes) + ".)"
 
 
+def estimator_rows(data: dict) -> list[str]:
+    """One row per task and suite of `loglikelihood/estimator.py`: agreement with the judge, tokens and speed."""
+    rows = [(name, row) for name, row in (data.get("tasks") or {}).items()]
+    rows += [(f"**{name}**", data[name]) for name in ("suite (BPE tokens)", "suite (byte tokens)", "suite (both)")
+             if isinstance(data.get(name), dict)]
+    lines = ["| task | questions × seeds (exact judge) | agree: ref128 / adaptive | with ref1024: ref128 / adaptive | "
+             "fewer tokens | requests/s × | samples per option |", "|---|---|---|---|---|---|---|"]
+    for name, row in rows:
+        if not isinstance(row, dict):
+            continue
+        agree = f"{fmt(dig(row, 'ref128', 'agree'), '.0f')} / {fmt(dig(row, 'adaptive', 'agree'), '.0f')}"
+        ref1024 = (f"{fmt(dig(row, 'ref128', 'agree_with_ref1024'), '.0f')} / "
+                   f"{fmt(dig(row, 'adaptive', 'agree_with_ref1024'), '.0f')}")
+        lines.append(f"| {name} | {fmt(row.get('questions_x_seeds'), '.0f')} "
+                     f"({fmt(row.get('questions_judged_exactly'), '.0f')}) | {agree} | {ref1024} | "
+                     f"{fmt(row.get('token_ratio'), '.2f', '×')} | {fmt(row.get('speedup'), '.2f', '×')} | "
+                     f"{fmt(dig(row, 'adaptive', 'mean_samples_per_request'), '.1f')} |")
+    return lines
+
+
+def render_loglikelihood_estimator(results: dict[str, dict]) -> str:
+    """The adaptive estimator against ref128 (report run), and the stopping settings it was chosen from (tuning run)."""
+    data = results.get("loglikelihood_estimator")
+    if not isinstance(data, dict):
+        return ("No `loglikelihood_estimator.json` yet: run `nice python benchmarks/loglikelihood/estimator.py`.")
+    settings = data.get("settings") or {}
+    text = "\n".join(estimator_rows(data))
+    suite = data.get("suite (both)") or {}
+    goal = (number(dig(suite, "adaptive", "agree")) or 0) >= (number(dig(suite, "ref128", "agree")) or 1) and \
+        (number(suite.get("token_ratio")) or 0) >= 4 and (number(suite.get("speedup")) or 0) >= 4
+    text += (f"\n\nGoal (suite, both): adaptive agrees at least as often as ref128, with ≥ 4× fewer tokens and ≥ 4× "
+             f"the requests/s: **{'met' if goal else 'not met'}**. Adaptive settings: stop_se "
+             f"{settings.get('stop_se', MISSING)}, futility_se {settings.get('futility_se', MISSING)}, mc_num "
+             f"{settings.get('mc_num', MISSING)}; judge: {settings.get('judge', MISSING)}. "
+             f"(`{data.get('command', MISSING)}`, {fmt(data.get('seconds'), '.0f')} s.)")
+    tuning = results.get("loglikelihood_estimator_tuning")
+    sweep = dig(tuning, "suite (both)", "sweep") if isinstance(tuning, dict) else None
+    if isinstance(sweep, dict) and sweep:
+        suite = tuning["suite (both)"]
+        text += ("\n\nThe stopping settings, on other questions (`" + str(tuning.get("command", MISSING)) + "`; "
+                 f"ref128 agrees on {fmt(dig(suite, 'ref128', 'agree'), '.0f')} of "
+                 f"{fmt(suite.get('questions_x_seeds'), '.0f')}):\n\n"
+                 "| stop_se, futility_se | agree | with ref1024 | fewer tokens than ref128 |\n|---|---|---|---|\n")
+        text += "\n".join(f"| {name.replace('stop_se ', '').replace(' futility_se ', ', ')} | "
+                           f"{fmt(row.get('agree'), '.0f')} | {fmt(row.get('agree_with_ref1024'), '.0f')} | "
+                           f"{fmt(row.get('token_ratio'), '.2f', '×')} |" for name, row in sweep.items())
+    return text
+
+
 def render_trajectory_router(results: dict[str, dict]) -> str:
     """Per model and task: the router's weight on the task's own adapter while sampling, and the test losses."""
     runs = dig(results, "trajectory_router", "runs")
@@ -399,6 +450,7 @@ def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
         "miniature": render_miniature(results, results_dir, relative_to),
         "timings": render_timings(results_dir),
         "loglikelihood": render_loglikelihood(results),
+        "loglikelihood_estimator": render_loglikelihood_estimator(results),
         "trajectory_router": render_trajectory_router(results),
         "sampler": render_sampler(results),
     }

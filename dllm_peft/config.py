@@ -395,8 +395,10 @@ class EvalConfig:
         "reference", "reference (LLaDA's estimator, mc_num samples per option) or adaptive (shared antithetic samples, "
         "exact short answers, stops once the answer is decided)."
     )
-    mc_stop_se: float = option(3.0, "With --mc-estimator adaptive: stop once the leading option is ahead by this "
+    mc_stop_se: float = option(2.0, "With --mc-estimator adaptive: stop once the leading option is ahead by this "
                                     "many standard errors.")
+    mc_futility_se: float = option(0.5, "With --mc-estimator adaptive: stop a near tie, whose leader would be ahead by "
+                                        "fewer standard errors than this at --mc-num samples; 0: never.")
     batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")
     chat_template: str = option("auto", "auto: put prompts through the tokenizer's chat template if it has one; none.")
     seed: int = option(0, "Random seed (Monte-Carlo masks, sampling, few-shot choice).")
@@ -414,6 +416,8 @@ class EvalConfig:
             raise DllmPeftError(f"--mc-estimator must be reference or adaptive, got {self.mc_estimator!r}")
         if not self.mc_stop_se > 0:
             raise DllmPeftError(f"--mc-stop-se must be above 0, got {self.mc_stop_se}")
+        if not self.mc_futility_se >= 0:
+            raise DllmPeftError(f"--mc-futility-se must be 0 or above, got {self.mc_futility_se}")
         if self.sampler_preset not in SAMPLER_PRESETS:
             raise DllmPeftError(f"--sampler-preset must be exact or fast, got {self.sampler_preset!r}")
         if self.chat_template not in ("auto", "none"):

@@ -78,8 +78,10 @@ def test_adaptive_stopping_respects_mc_num_and_stops_decided_questions_early(bac
         assert [estimate.samples for estimate in estimates] == [mc_num] * 3
     early = adaptive_estimates(backbone, requests, mc_num=128, stop_se=1e-9, enumeration_rows=0)
     assert [estimate.samples for estimate in early] == [MIN_ROUNDS * ROUND_SAMPLES] * 3
-    never = adaptive_estimates(backbone, requests, mc_num=40, stop_se=1e9, enumeration_rows=0)
+    never = adaptive_estimates(backbone, requests, mc_num=40, stop_se=1e9, enumeration_rows=0, futility_se=0)
     assert [estimate.samples for estimate in never] == [40] * 3
+    tie = adaptive_estimates(backbone, requests, mc_num=128, stop_se=1e9, enumeration_rows=0, futility_se=1e9)
+    assert [estimate.samples for estimate in tie] == [MIN_ROUNDS * ROUND_SAMPLES] * 3  # every question a hopeless tie
     alone = adaptive_estimates(backbone, requests[:1], mc_num=24, enumeration_rows=0)  # nothing to decide
     assert alone[0].samples == 24
 
@@ -105,3 +107,23 @@ def test_the_lm_eval_model_takes_mc_estimator_and_the_sampler_preset(backbone):
         DllmPeftLM.from_backbone(backbone, mc_estimator="fastest")
     fast = DllmPeftLM.create_from_arg_string("pretrained=tiny-llada,device=cpu,sampler_preset=fast,cache=prefix")
     assert fast.sampler_settings == {"threshold": 0.9, "cache": "prefix"}  # a typed setting wins over the preset
+
+
+def test_the_stopping_rule_reads_stop_se_through_student_t_and_stops_hopeless_ties():
+    from dllm_peft.diffusion.adaptive_likelihood import _critical, _Option, _Question, _settled
+
+    assert _critical(2.0, 3) == pytest.approx(3.3068, abs=1e-3)  # scipy's t.ppf(Φ(2), 3)
+    assert _critical(2.0, 1000) == pytest.approx(2.0, abs=0.01) and _critical(math.inf, 3) == math.inf
+
+    def settled(differences: list[float], stop_se: float, futility_se: float, mc_num: int = 128) -> bool:
+        """A two-option question whose per-sample differences (leader − runner-up) are `differences`."""
+        leader = _Option(0, 8, values=[10.0 + value for value in differences])
+        runner_up = _Option(1, 8, values=[10.0] * len(differences))
+        return _settled(_Question(3, [leader, runner_up], torch.Generator(), 0.0, len(differences)), stop_se,
+                        futility_se, mc_num)
+
+    pairs = [1.0, 1.0, 0.2, 0.2, 1.6, 1.6, 0.6, 0.6]  # 4 pair means 1.0, 0.2, 1.6, 0.6: m = 0.85, s = 0.30, m/s = 2.8
+    assert not settled(pairs, stop_se=2.0, futility_se=0)  # 2.8 < t₃ = 3.31: four pairs do not decide it
+    assert settled(pairs * 8, stop_se=2.0, futility_se=0)  # 32 pairs, the same spread: m/s = 9.2 > t₃₁ = 2.1
+    assert settled(pairs, stop_se=2.0, futility_se=11.5)  # at 128 samples m/s would be 2.85·√16 = 11.4 < 11.5
+    assert not settled(pairs, stop_se=2.0, futility_se=11.3)

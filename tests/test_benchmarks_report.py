@@ -123,8 +123,26 @@ def test_trajectory_router_block_has_a_row_per_model_and_task():
 
 def test_every_block_renders_from_no_results_at_all(tmp_path):
     blocks = report.render_blocks(tmp_path, tmp_path)
-    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "trajectory_router", "sampler"}
+    assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "loglikelihood_estimator",
+                           "trajectory_router", "sampler"}
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
+    assert "No `loglikelihood_estimator.json` yet" in blocks["loglikelihood_estimator"]
+
+
+def test_the_estimator_block_shows_each_task_the_suite_and_whether_the_goal_holds():
+    def row(ref128, adaptive, ratio, speedup):
+        return {"questions_x_seeds": 30, "questions_judged_exactly": 12, "token_ratio": ratio, "speedup": speedup,
+                "ref128": {"agree": ref128, "agree_with_ref1024": ref128},
+                "adaptive": {"agree": adaptive, "agree_with_ref1024": adaptive - 1, "mean_samples_per_request": 9.5}}
+
+    data = {"tasks": {"piqa (BPE tokens)": row(25, 26, 3.1, 2.9)}, "suite (both)": row(25, 26, 4.7, 5.0),
+            "settings": {"stop_se": 2.0, "futility_se": 0.5, "mc_num": 128, "judge": "exact"}, "command": "c",
+            "seconds": 10}
+    block = report.render_loglikelihood_estimator({"loglikelihood_estimator": data})
+    assert "| piqa (BPE tokens) | 30 (12) | 25 / 26 | 25 / 25 | 3.10× | 2.90× | 9.5 |" in block
+    assert "| **suite (both)** | 30 (12) | 25 / 26 |" in block and "**met**" in block
+    data["suite (both)"] = row(25, 24, 4.7, 5.0)  # fewer agreements than ref128: the goal fails whatever the speed
+    assert "**not met**" in report.render_loglikelihood_estimator({"loglikelihood_estimator": data})
 
 
 def test_miniature_tables_show_means_paired_intervals_power_and_only_decided_claims(tmp_path):

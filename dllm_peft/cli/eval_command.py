@@ -60,6 +60,7 @@ def eval_command(
     mc_num: int = typer.Option(E.mc_num, help=H("mc_num")),
     mc_estimator: str = typer.Option(E.mc_estimator, help=H("mc_estimator")),
     mc_stop_se: float = typer.Option(E.mc_stop_se, help=H("mc_stop_se")),
+    mc_futility_se: float = typer.Option(E.mc_futility_se, help=H("mc_futility_se")),
     batch_size: int = typer.Option(E.batch_size, help=H("batch_size")),
     chat_template: ChatTemplate = typer.Option(E.chat_template, help=H("chat_template")),
     seed: int = typer.Option(E.seed, help=H("seed")),

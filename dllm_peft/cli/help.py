@@ -99,7 +99,7 @@ PANELS: dict[str, dict[str, str]] = {
         **dict.fromkeys(("model", "adapter", "compare_base", "trust_remote_code"), MODEL),
         **dict.fromkeys(
             ("tasks", "data_dir", "limit", "num_fewshot", "protocol", "mc_num", "mc_estimator", "mc_stop_se",
-             "chat_template", "seed", "allow_code_execution"), TASKS),
+             "mc_futility_se", "chat_template", "seed", "allow_code_execution"), TASKS),
         "sampler_preset": SPEED,
         **_SAMPLER_PANELS,
         **dict.fromkeys(("dtype", "device", "batch_size"), DEVICES),

@@ -17,12 +17,21 @@ number):
   other lengths nearby levels and overlapping positions, so the errors of their estimates are positively correlated
   and Var(Â − B̂) = Var(Â) + Var(B̂) − 2 Cov(Â, B̂) is smaller than for independent draws. Rows that show the model
   the same tokens (e.g. fully masked equal-length options) are forwarded once.
-- **Adaptive stopping.** Rounds of `ROUND_SAMPLES` samples per option, all questions' rows batched together. After
-  `MIN_ROUNDS` rounds, a question stops once the leading option's mean exceeds the runner-up's by `stop_se` standard
-  errors of their difference, computed from the per-sample differences averaged within pairs (the pairs are the
-  units; treating stratified levels as independent overstates the error, so the test is conservative), or once its
-  options have `mc_num` samples. An enumerated option counts as a constant. A lone request (nothing to decide) takes
-  all `mc_num` samples. The decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`.
+- **Adaptive stopping.** Rounds of `ROUND_SAMPLES` samples per option (4 antithetic pairs), all questions' rows
+  batched together. After each round a question's leading option and runner-up are compared through the per-sample
+  differences of their values, averaged within pairs (the pairs are the units of the standard error s; treating the
+  stratified levels as independent overstates it, so the test is conservative). With n samples drawn, margin m and
+  N = mc_num, the question stops
+  * *decided* when m > t_{P−1}(Φ(`stop_se`)) · s, P the pairs: `stop_se` standard errors read as a normal quantile and
+    turned into Student's t for the few pairs behind s (2 → 3.31 at the first test, after 4 pairs; 2.04 after 64);
+  * *a near tie* when (m / s) · √(N / n) < `futility_se`: even with all N samples the leader would be ahead by fewer
+    than `futility_se` standard errors, so the full budget would not settle it either (a near tie is close to a
+    coin flip for any estimator at this budget; the current leader is kept). 0 turns this off;
+  * at N samples.
+  An enumerated option counts as a constant. A lone request (nothing to decide) takes all `mc_num` samples. The
+  decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`. The defaults (`stop_se` 2,
+  `futility_se` 0.5, first test after one round) come from `benchmarks/loglikelihood/estimator.py`, chosen on other
+  questions (24 per task in BPE tokens, 3 in bytes) than the ones it reports.
 A fixed number of samples gives an unbiased estimate; with stopping, the value at the stopping time is not exactly
 unbiased (optional stopping), the price of spending samples only where the answer is in doubt.
 """
@@ -30,6 +39,7 @@ unbiased (optional stopping), the price of spending samples only where the answe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -41,7 +51,9 @@ from ..models.backbone import Backbone
 from .likelihood import MERGED_PASS_TOKENS, _Row, _shared_row_losses, plan_passes
 
 ROUND_SAMPLES = 8  # samples per option per round: 4 antithetic pairs
-MIN_ROUNDS = 2  # rounds before the first stopping test: 8 pairs make a usable standard error
+MIN_ROUNDS = 1  # rounds before the first stopping test (its 4 pairs are paid for by Student's t, see `_settled`)
+STOP_SE = 2.0  # `--mc-stop-se`: the leader's lead, in standard errors (read as a normal quantile), that decides
+FUTILITY_SE = 0.5  # `--mc-futility-se`: the lead, in standard errors at mc_num samples, below which a question stops
 ENUMERATION_ROWS = 2 * ROUND_SAMPLES  # enumerate an answer whose 2^L − 1 masks cost no more than the first rounds
 GOLDEN = (5**0.5 - 1) / 2  # the Kronecker step of the stratified noise levels: evenly spread at any stopping time
 
@@ -155,8 +167,10 @@ def _row_losses(
     return losses
 
 
-def _decided(question: _Question, stop_se: float) -> bool:
-    """Whether the leading option is ahead of the runner-up by `stop_se` standard errors of their difference.
+def _settled(question: _Question, stop_se: float, futility_se: float, mc_num: int) -> bool:
+    """Whether a question may stop: its leader is ahead of the runner-up by `stop_se` standard errors of their
+    difference (decided), or would still be ahead by fewer than `futility_se` of them at `mc_num` samples (a near tie
+    the whole budget would not settle either).
 
     The difference is taken sample by sample (the options share their draws), averaged within antithetic pairs; the
     pairs are the units of the standard error (treating the stratified levels as independent overstates it).
@@ -166,15 +180,31 @@ def _decided(question: _Question, stop_se: float) -> bool:
         return False  # nothing to decide: the value itself is wanted, at full precision
     ranked = sorted(options, key=_Option.mean, reverse=True)
     leader, runner_up = ranked[0], ranked[1]
-    count = question.drawn
-    difference = leader.series(count) - runner_up.series(count)  # (count,)
     if leader.exact is not None and runner_up.exact is not None:
         return True
+    count = question.drawn
+    difference = leader.series(count) - runner_up.series(count)  # (count,)
     units = torch.stack([chunk.mean() for chunk in difference.split(2)])  # (pairs,)
     if units.numel() < 2:
         return False
+    margin = difference.mean().item()
     standard_error = units.std().item() / math.sqrt(units.numel())
-    return difference.mean().item() > stop_se * standard_error
+    if standard_error == 0 or margin > _critical(stop_se, units.numel() - 1) * standard_error:
+        return True
+    projected = margin / standard_error * math.sqrt(mc_num / count)  # the margin in standard errors at mc_num samples
+    return projected < futility_se
+
+
+@functools.lru_cache(maxsize=256)
+def _critical(stop_se: float, degrees_of_freedom: int) -> float:
+    """Student's t quantile with the one-sided level of `stop_se` normal standard errors: the standard error of a few
+    pairs is itself uncertain (4 pairs: 2 → 3.31; 64 pairs: 2 → 2.04)."""
+    if math.isinf(stop_se):
+        return stop_se
+    # scipy: lm-eval's dependency (through scikit-learn), declared in the eval extra; imported when first needed
+    from scipy.stats import norm, t
+
+    return float(t.ppf(norm.cdf(stop_se), degrees_of_freedom))
 
 
 @torch.no_grad()
@@ -184,15 +214,18 @@ def adaptive_estimates(
     mc_num: int = 128,
     batch_size: int = 32,
     seed: int = 0,
-    stop_se: float = 3.0,
+    stop_se: float = STOP_SE,
     enumeration_rows: int = ENUMERATION_ROWS,
     on_requests: Callable[[int, int], None] | None = None,
+    futility_se: float = FUTILITY_SE,
 ) -> list[Estimate]:
     """The adaptive estimate of log p(answer | prompt) for many requests; requests with one prompt form a question.
 
     Args:
         mc_num: the most samples an option takes (and the most rows an enumeration may cost).
         stop_se: stop a question once its leader is ahead of the runner-up by this many standard errors.
+        futility_se: stop a question once its leader would be ahead by fewer standard errors than this even at mc_num
+            samples (a near tie); 0 never stops for that reason.
         enumeration_rows: enumerate an answer exactly when its 2^L − 1 masks are at most this many (and ≤ mc_num).
         on_requests: progress, called after each round with (requests finished in it, requests in total).
     Returns:
@@ -256,7 +289,7 @@ def adaptive_estimates(
         still = []
         for question in active:
             if question.drawn >= mc_num or (
-                question.drawn >= MIN_ROUNDS * ROUND_SAMPLES and _decided(question, stop_se)
+                question.drawn >= MIN_ROUNDS * ROUND_SAMPLES and _settled(question, stop_se, futility_se, mc_num)
             ):
                 finished += len(question.options)
             else:
@@ -281,11 +314,13 @@ def adaptive_log_likelihoods(
     mc_num: int = 128,
     batch_size: int = 32,
     seed: int = 0,
-    stop_se: float = 3.0,
+    stop_se: float = STOP_SE,
     on_requests: Callable[[int, int], None] | None = None,
+    futility_se: float = FUTILITY_SE,
 ) -> list[float]:
     """The values of `adaptive_estimates`, one per request."""
-    estimates = adaptive_estimates(backbone, requests, mc_num, batch_size, seed, stop_se, on_requests=on_requests)
+    estimates = adaptive_estimates(backbone, requests, mc_num, batch_size, seed, stop_se, on_requests=on_requests,
+                                   futility_se=futility_se)
     return [estimate.value for estimate in estimates]
 
 

@@ -159,7 +159,7 @@ def noise_level(model: nn.Module, level: float | torch.Tensor | None) -> context
 class _Routed:
     """The block of `noise_level` on a model that has a router: λ on the router's device, routed, then cleared."""
 
-    __slots__ = ("router", "level")
+    __slots__ = ("level", "router")
 
     def __init__(self, router: NoiseRouter, level: float | torch.Tensor | None):
         self.router, self.level = router, level

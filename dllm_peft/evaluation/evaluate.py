@@ -133,6 +133,7 @@ def evaluate(
     backbone = load_backbone(model, config.dtype, device, config.trust_remote_code)
     lm = DllmPeftLM.from_backbone(backbone, config.mc_num, config.batch_size, config.seed,
                                   mc_estimator=config.mc_estimator, mc_stop_se=config.mc_stop_se,
+                                  mc_futility_se=config.mc_futility_se,
                                   **config.sampler_settings())
     lm.on_progress = lambda kind, done, total: None  # the core prints nothing: no stderr progress of its own
     if on_notice is not None:

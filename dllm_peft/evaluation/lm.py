@@ -28,8 +28,8 @@ Progress: `on_progress(kind, done, total)` if set (the `dllm-peft eval` command)
 rank 0 (a tqdm bar on a terminal, plain lines with the remaining time in a log).
 
 Model arguments (`--model_args key=value,...`): pretrained, adapter (or `peft`, the `hf` model's name), dtype, device,
-trust_remote_code, mc_num, mc_estimator (reference | adaptive), mc_stop_se, batch_size, seed, check_greedy,
-max_length, sampler_preset (exact | fast) and every field of `SamplerConfig` (gen_length, steps, remasking, ...).
+trust_remote_code, mc_num, mc_estimator (reference | adaptive), mc_stop_se, mc_futility_se, batch_size, seed,
+check_greedy, max_length, sampler_preset (exact | fast) and every field of `SamplerConfig` (gen_length, steps, ...).
 `data_dir` is accepted and ignored here: lm-eval also hands the model arguments to the tasks as metadata, which is how
 the task files receive it.
 """
@@ -55,7 +55,7 @@ from lm_eval.utils import (
 
 from ..adapters.files import load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, MC_ESTIMATORS, SAMPLER_PRESETS, SamplerConfig
-from ..diffusion.adaptive_likelihood import adaptive_log_likelihoods
+from ..diffusion.adaptive_likelihood import FUTILITY_SE, STOP_SE, adaptive_log_likelihoods
 from ..diffusion.likelihood import greedy_matches, log_likelihoods
 from ..diffusion.sampler import sample
 from ..errors import DllmPeftError
@@ -84,7 +84,8 @@ class DllmPeftLM(LM):
         trust_remote_code: bool = False,
         mc_num: int = 128,
         mc_estimator: str = "reference",
-        mc_stop_se: float = 3.0,
+        mc_stop_se: float = STOP_SE,
+        mc_futility_se: float = FUTILITY_SE,
         sampler_preset: str = "exact",
         batch_size: int | str = 16,
         seed: int = 0,
@@ -113,7 +114,7 @@ class DllmPeftLM(LM):
         if adapter:
             load_adapter(backbone, adapter)
         self._configure(backbone, mc_num, batch_size, seed, check_greedy, max_length, sampler_settings)
-        self._estimator(mc_estimator, mc_stop_se)
+        self._estimator(mc_estimator, mc_stop_se, mc_futility_se)
         self.adapter = adapter
 
     @classmethod
@@ -130,12 +131,13 @@ class DllmPeftLM(LM):
     @classmethod
     def from_backbone(cls, backbone: Backbone, mc_num: int = 128, batch_size: int = 16, seed: int = 0,
                       check_greedy: bool = False, max_length: int | None = None, mc_estimator: str = "reference",
-                      mc_stop_se: float = 3.0, **sampler_settings: Any) -> DllmPeftLM:
+                      mc_stop_se: float = STOP_SE, mc_futility_se: float = FUTILITY_SE,
+                      **sampler_settings: Any) -> DllmPeftLM:
         """Wrap an already loaded backbone (the `dllm-peft eval` route: one model for the base and adapter runs)."""
         lm = cls.__new__(cls)
         LM.__init__(lm)
         lm._configure(backbone, mc_num, batch_size, seed, check_greedy, max_length, sampler_settings)
-        lm._estimator(mc_estimator, mc_stop_se)
+        lm._estimator(mc_estimator, mc_stop_se, mc_futility_se)
         lm.adapter = None
         return lm
 
@@ -158,12 +160,14 @@ class DllmPeftLM(LM):
         self._rank, self._world_size = _process_group()
         self._default_progress: PlainProgress | None = None
 
-    def _estimator(self, mc_estimator: str, mc_stop_se: float | str) -> None:
+    def _estimator(self, mc_estimator: str, mc_stop_se: float | str, mc_futility_se: float | str) -> None:
         if mc_estimator not in MC_ESTIMATORS:
             raise DllmPeftError(f"mc_estimator must be reference or adaptive, got {mc_estimator!r}")
         if not float(mc_stop_se) > 0:
             raise DllmPeftError(f"mc_stop_se must be above 0, got {mc_stop_se}")
-        self.mc_estimator, self.mc_stop_se = mc_estimator, float(mc_stop_se)
+        if not float(mc_futility_se) >= 0:
+            raise DllmPeftError(f"mc_futility_se must be 0 or above, got {mc_futility_se}")
+        self.mc_estimator, self.mc_stop_se, self.mc_futility_se = mc_estimator, float(mc_stop_se), float(mc_futility_se)
 
     # -- data parallel: lm-eval's collective hooks (no-ops in one process) ------------------------------------------
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -251,7 +255,8 @@ class DllmPeftLM(LM):
         self._report(kind, 0, len(pairs))  # starts the clock of the time-remaining estimate
         if self.mc_estimator == "adaptive":  # progress in requests: the rows a question takes are not known ahead
             return adaptive_log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed,
-                                            self.mc_stop_se, lambda done, total: self._report(kind, done, total))
+                                            self.mc_stop_se, lambda done, total: self._report(kind, done, total),
+                                            futility_se=self.mc_futility_se)
         return log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed, on_rows)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
