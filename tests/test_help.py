@@ -67,6 +67,13 @@ def test_the_choice_lists_equal_the_registries():
     assert METHOD_NAMES == tuple(METHODS) and RECIPE_NAMES == tuple(RECIPES)
 
 
+def test_the_root_help_lists_flags_without_a_type_and_every_command(capsys, monkeypatch):
+    text = render(["--help"], capsys, monkeypatch)
+    assert "<bool>" not in text and "Options" in text and "Commands" in text
+    for name, command in COMMANDS.items():
+        assert f" {name} " in text and command.get_short_help_str(200).split()[0] in text
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])

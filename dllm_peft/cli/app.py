@@ -9,9 +9,11 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from .help import HelpGroup
 
 app = typer.Typer(
     name="dllm-peft",
+    cls=HelpGroup,
     help="Fine-tune and evaluate diffusion LLMs with parameter-efficient adapters (NaRA, LoRA, ...).",
     no_args_is_help=True,
     add_completion=True,

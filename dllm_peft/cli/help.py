@@ -152,6 +152,31 @@ class HelpCommand(typer.core.TyperCommand):
             console.print(Panel(table, title=panel, title_align="left", border_style="dim"))
 
 
+class HelpGroup(typer.core.TyperGroup):
+    """The root `dllm-peft --help`: its flags as the commands show theirs (no `<bool>` after a flag), then the
+    commands with their first sentence."""
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ARG002 - rich prints directly, as typer's own help does
+        console = Console(highlight=False)
+        console.print(Padding(Text(self.get_usage(ctx), style="bold"), (1, 1, 0, 1)))
+        if self.help:
+            console.print(Padding(Text(self.help.strip()), (1, 1, 1, 1)))
+        params = [param for param in self.get_params(ctx) if not getattr(param, "hidden", False)]
+        names = [_names(param, ctx) for param in params]
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        commands = [(name, command) for name, command in commands if command is not None and not command.hidden]
+        for title, rows in (("Options", [(text, Text(param.help or "")) for text, param in zip(names, params)]),
+                            ("Commands", [(Text(name, style="bold cyan"), Text(command.get_short_help_str(200)))
+                                          for name, command in commands])):
+            width = max((len(line) for name, _ in rows for line in name.plain.splitlines()), default=1)
+            table = Table.grid(padding=(0, 2), expand=True)
+            table.add_column(no_wrap=True, min_width=width, max_width=width)
+            table.add_column(ratio=1)
+            for row in rows:
+                table.add_row(*row)
+            console.print(Panel(table, title=title, title_align="left", border_style="dim"))
+
+
 def _names(param, ctx) -> Text:
     """The flag names, one per line, the first followed by its value's kind (`--max-steps INT`)."""
     if param.param_type_name == "argument":
