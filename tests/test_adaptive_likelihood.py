@@ -107,6 +107,10 @@ def test_the_lm_eval_model_takes_mc_estimator_and_the_sampler_preset(backbone):
         DllmPeftLM.from_backbone(backbone, mc_estimator="fastest")
     fast = DllmPeftLM.create_from_arg_string("pretrained=tiny-llada,device=cpu,sampler_preset=fast,cache=prefix")
     assert fast.sampler_settings == {"threshold": 0.9, "cache": "prefix"}  # a typed setting wins over the preset
+    alias = DllmPeftLM.create_from_arg_string("pretrained=tiny-llada,device=cpu,sampler=fast")  # the name
+    assert alias.sampler_settings == {"threshold": 0.9, "cache": "dual"}
+    with pytest.raises(Exception, match="disagree"):
+        DllmPeftLM.create_from_arg_string("pretrained=tiny-llada,device=cpu,sampler=exact,sampler_preset=fast")
 
 
 def test_the_stopping_rule_reads_stop_se_through_student_t_and_stops_hopeless_ties():

@@ -67,7 +67,7 @@ def eval_command(
     dtype: DtypeName = typer.Option(E.dtype, help=H("dtype")),
     device: str = typer.Option(E.device, help=H("device"), autocompletion=complete_device),
     trust_remote_code: bool = typer.Option(E.trust_remote_code, help=H("trust_remote_code")),
-    sampler_preset: str = typer.Option(E.sampler_preset, help=H("sampler_preset")),
+    sampler_preset: str = typer.Option(E.sampler_preset, "--sampler-preset", "--sampler", help=H("sampler_preset")),
     gen_length: int = typer.Option(None, help=H("gen_length") + PER_TASK, show_default=False),
     steps: int = typer.Option(None, help=H("steps") + " Default: --gen-length.", show_default=False),
     block_length: int = typer.Option(None, help=H("block_length") + " Default: --gen-length.", show_default=False),

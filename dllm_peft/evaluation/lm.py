@@ -29,7 +29,8 @@ rank 0 (a tqdm bar on a terminal, plain lines with the remaining time in a log).
 
 Model arguments (`--model_args key=value,...`): pretrained, adapter (or `peft`, the `hf` model's name), dtype, device,
 trust_remote_code, mc_num, mc_estimator (reference | adaptive), mc_stop_se, mc_futility_se, batch_size, seed,
-check_greedy, max_length, sampler_preset (exact | fast) and every field of `SamplerConfig` (gen_length, steps, ...).
+check_greedy, max_length, sampler_preset (exact | fast; or `sampler`) and every field of `SamplerConfig` (gen_length,
+steps, ...).
 `data_dir` is accepted and ignored here: lm-eval also hands the model arguments to the tasks as metadata, which is how
 the task files receive it.
 """
@@ -87,6 +88,7 @@ class DllmPeftLM(LM):
         mc_stop_se: float = STOP_SE,
         mc_futility_se: float = FUTILITY_SE,
         sampler_preset: str = "exact",
+        sampler: str | None = None,  # another name for sampler_preset, as `dllm-peft eval --sampler fast`
         batch_size: int | str = 16,
         seed: int = 0,
         check_greedy: bool = False,
@@ -106,6 +108,9 @@ class DllmPeftLM(LM):
         if pretrained is None:  # the adapter knows its base model
             pretrained = base_model_of(adapter)
         _check_batch_size(batch_size)
+        if sampler is not None and sampler_preset not in ("exact", sampler):
+            raise DllmPeftError(f"sampler={sampler} and sampler_preset={sampler_preset} disagree; pass one of them")
+        sampler_preset = sampler or sampler_preset
         if sampler_preset not in SAMPLER_PRESETS:
             raise DllmPeftError(f"sampler_preset must be exact or fast, got {sampler_preset!r}")
         sampler_settings = {**SAMPLER_PRESETS[sampler_preset], **sampler_settings}
