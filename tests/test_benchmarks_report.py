@@ -224,3 +224,17 @@ def test_run_all_records_each_run_and_stops_at_the_first_failure(tmp_path, monke
     run_all.main()
     assert [e["name"] for e in json.loads((results / "run_all.json").read_text())["benchmarks"]] == ["good", "bad"]
     assert "## performance" in (results / "tables.md").read_text()
+
+
+def test_the_bpe_workload_gives_different_questions_different_contexts(tmp_path):
+    """Renumbering by first appearance alone made every repeat-free context of one length the same ids (0, 1, …)."""
+    sys.path.insert(0, str(BENCHMARKS / "loglikelihood"))
+    from run import subword_encoder
+
+    rows = [{"instruction": f"{word} stone river cloud maple", "answer": "yes"} for word in ("amber", "cobalt")]
+    (tmp_path / "rows.json").write_text(json.dumps(rows * 20))
+    encode = subword_encoder(tmp_path)
+    first, second = (encode({"context": row["instruction"], "choices": ["yes", "no"]}) for row in rows)
+    assert len(first[0][0]) == len(second[0][0]) and first[0][0] != second[0][0]
+    for requests in (first, second):  # a token shared by the context and an option keeps one id
+        assert all(0 <= token < 256 for context, option in requests for token in (*context, *option))

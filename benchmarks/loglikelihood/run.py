@@ -25,9 +25,11 @@ repeats. The `commonsense (…)` rows add up the tasks' median times: the whole 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -69,9 +71,12 @@ def question_requests(encode: Callable[[str], list[int]], doc: dict) -> Requests
 def subword_encoder(data_dir: Path, byte_ids: int = 256) -> Callable[[dict], Requests]:
     """A byte-level BPE trained on the text of the `data_dir` files, as a function of a document to its requests.
 
-    Each question's BPE tokens are renumbered by first appearance into 0..`byte_ids`-1, so `dllm-tiny` can run them
-    unchanged: equal tokens stay equal within a question (what lets rows be shared), and only the lengths differ from
-    the byte encoding.
+    Each question's BPE tokens are renumbered into 0..`byte_ids`-1, so `dllm-tiny` can run them unchanged: equal
+    tokens stay equal within a question (what lets rows be shared), and only the lengths differ from the byte
+    encoding. The n-th distinct token of a question gets the n-th id of a permutation drawn from the question's own
+    text: numbering by first appearance alone gave every context without repeated tokens the same ids (0, 1, 2, …),
+    so different questions of equal length had one context and an estimator that groups the options of a context
+    would have taken them for one question.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -89,10 +94,13 @@ def subword_encoder(data_dir: Path, byte_ids: int = 256) -> Callable[[dict], Req
     def requests(doc: dict) -> Requests:
         numbers: dict[int, int] = {}
         bpe = question_requests(lambda text: tokenizer.encode(text).ids, doc)
-        renumbered = [tuple([numbers.setdefault(token, len(numbers)) for token in ids] for ids in pair) for pair in bpe]
+        seed = int.from_bytes(hashlib.blake2b(doc["context"].encode(), digest_size=8).digest(), "little")
+        ids = random.Random(seed).sample(range(byte_ids), byte_ids)  # this question's own order of the ids
+        renumbered = [tuple([numbers.setdefault(token, len(numbers)) for token in tokens] for tokens in pair)
+                      for pair in bpe]
         if len(numbers) > byte_ids:
             raise ValueError(f"a question uses {len(numbers)} distinct BPE tokens, more than {byte_ids}")
-        return renumbered
+        return [tuple([ids[number] for number in part] for part in pair) for pair in renumbered]
 
     requests.vocabulary = tokenizer.get_vocab_size()
     return requests
