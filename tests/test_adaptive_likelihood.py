@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dllm_peft.diffusion.adaptive_likelihood import (
+    FUTILITY_FROM,
     MIN_ROUNDS,
     ROUND_SAMPLES,
     adaptive_estimates,
@@ -81,7 +82,7 @@ def test_adaptive_stopping_respects_mc_num_and_stops_decided_questions_early(bac
     never = adaptive_estimates(backbone, requests, mc_num=40, stop_se=1e9, enumeration_rows=0, futility_se=0)
     assert [estimate.samples for estimate in never] == [40] * 3
     tie = adaptive_estimates(backbone, requests, mc_num=128, stop_se=1e9, enumeration_rows=0, futility_se=1e9)
-    assert [estimate.samples for estimate in tie] == [MIN_ROUNDS * ROUND_SAMPLES] * 3  # every question a hopeless tie
+    assert [estimate.samples for estimate in tie] == [128 // FUTILITY_FROM] * 3  # a hopeless tie, once ties are called
     alone = adaptive_estimates(backbone, requests[:1], mc_num=24, enumeration_rows=0)  # nothing to decide
     assert alone[0].samples == 24
 
@@ -129,5 +130,7 @@ def test_the_stopping_rule_reads_stop_se_through_student_t_and_stops_hopeless_ti
     pairs = [1.0, 1.0, 0.2, 0.2, 1.6, 1.6, 0.6, 0.6]  # 4 pair means 1.0, 0.2, 1.6, 0.6: m = 0.85, s = 0.30, m/s = 2.8
     assert not settled(pairs, stop_se=2.0, futility_se=0)  # 2.8 < t₃ = 3.31: four pairs do not decide it
     assert settled(pairs * 8, stop_se=2.0, futility_se=0)  # 32 pairs, the same spread: m/s = 9.2 > t₃₁ = 2.1
-    assert settled(pairs, stop_se=2.0, futility_se=11.5)  # at 128 samples m/s would be 2.85·√16 = 11.4 < 11.5
-    assert not settled(pairs, stop_se=2.0, futility_se=11.3)
+    assert not settled(pairs, stop_se=2.0, futility_se=1e9)  # 8 of 128 samples: too few pairs to call a tie
+    assert settled(pairs, stop_se=2.0, futility_se=5.8, mc_num=32)  # at 32 samples m/s would be 2.85·√4 = 5.7 < 5.8
+    assert not settled(pairs, stop_se=2.0, futility_se=5.6, mc_num=32)
+    assert not settled(pairs, stop_se=2.0, futility_se=0, mc_num=32)  # 0: never a tie

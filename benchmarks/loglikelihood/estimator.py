@@ -48,7 +48,7 @@ from dllm_peft.models import DEFAULT_MODEL_NAME, load_backbone  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "loglikelihood_estimator.json"
 TRUTH_SEED = 1000
-SWEEP = ((3.0, 0.0), (2.5, 0.0), (2.0, 0.0), (3.0, 0.5), (2.5, 0.5), (2.0, 0.5), (2.0, 0.75), (1.5, 0.5))
+SWEEP = ((3.0, 0.0), (2.0, 0.0), (1.5, 0.0), (1.25, 0.0), (1.0, 0.0), (2.0, 0.5), (1.5, 0.25), (1.25, 0.25))
 
 
 class TokenCounter:

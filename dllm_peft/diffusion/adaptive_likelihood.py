@@ -23,14 +23,16 @@ number):
   stratified levels as independent overstates it, so the test is conservative). With n samples drawn, margin m and
   N = mc_num, the question stops
   * *decided* when m > t_{P−1}(Φ(`stop_se`)) · s, P the pairs: `stop_se` standard errors read as a normal quantile and
-    turned into Student's t for the few pairs behind s (2 → 3.31 at the first test, after 4 pairs; 2.04 after 64);
-  * *a near tie* when (m / s) · √(N / n) < `futility_se`: even with all N samples the leader would be ahead by fewer
-    than `futility_se` standard errors, so the full budget would not settle it either (a near tie is close to a
-    coin flip for any estimator at this budget; the current leader is kept). 0 turns this off;
+    turned into Student's t for the few pairs behind s (1.25 → 1.58 at the first test, after 4 pairs; 1.26 after
+    64), so an early stop needs a clear lead;
+  * *a near tie* (only with `futility_se` > 0, and from n ≥ N / `FUTILITY_FROM` on) when (m / s) · √(N / n) <
+    `futility_se`: even with all N samples the leader would be ahead by fewer than `futility_se` standard errors, so
+    the full budget would not settle it either; the current leader is kept. Off by default: on the benchmark it saves
+    tokens but loses as many agreements as it saves; at the first tests (4 pairs) it called real differences ties;
   * at N samples.
   An enumerated option counts as a constant. A lone request (nothing to decide) takes all `mc_num` samples. The
-  decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`. The defaults (`stop_se` 2,
-  `futility_se` 0.5, first test after one round) come from `benchmarks/loglikelihood/estimator.py`, chosen on other
+  decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`. The defaults (`stop_se` 1.25,
+  no tie stop, first test after one round) come from `benchmarks/loglikelihood/estimator.py --sweep`, run on other
   questions (24 per task in BPE tokens, 3 in bytes) than the ones it reports.
 A fixed number of samples gives an unbiased estimate; with stopping, the value at the stopping time is not exactly
 unbiased (optional stopping), the price of spending samples only where the answer is in doubt.
@@ -52,8 +54,9 @@ from .likelihood import MERGED_PASS_TOKENS, _Row, _shared_row_losses, plan_passe
 
 ROUND_SAMPLES = 8  # samples per option per round: 4 antithetic pairs
 MIN_ROUNDS = 1  # rounds before the first stopping test (its 4 pairs are paid for by Student's t, see `_settled`)
-STOP_SE = 2.0  # `--mc-stop-se`: the leader's lead, in standard errors (read as a normal quantile), that decides
-FUTILITY_SE = 0.5  # `--mc-futility-se`: the lead, in standard errors at mc_num samples, below which a question stops
+STOP_SE = 1.25  # `--mc-stop-se`: the leader's lead, in standard errors (read as a normal quantile), that decides
+FUTILITY_SE = 0.0  # `--mc-futility-se`: the lead, in standard errors at mc_num samples, below which a question stops
+FUTILITY_FROM = 4  # ... looked at only from mc_num / 4 samples on: the standard error of a few pairs cannot call a tie
 ENUMERATION_ROWS = 2 * ROUND_SAMPLES  # enumerate an answer whose 2^L − 1 masks cost no more than the first rounds
 GOLDEN = (5**0.5 - 1) / 2  # the Kronecker step of the stratified noise levels: evenly spread at any stopping time
 
@@ -191,6 +194,8 @@ def _settled(question: _Question, stop_se: float, futility_se: float, mc_num: in
     standard_error = units.std().item() / math.sqrt(units.numel())
     if standard_error == 0 or margin > _critical(stop_se, units.numel() - 1) * standard_error:
         return True
+    if futility_se <= 0 or count * FUTILITY_FROM < mc_num:
+        return False
     projected = margin / standard_error * math.sqrt(mc_num / count)  # the margin in standard errors at mc_num samples
     return projected < futility_se
 
@@ -198,7 +203,7 @@ def _settled(question: _Question, stop_se: float, futility_se: float, mc_num: in
 @functools.lru_cache(maxsize=256)
 def _critical(stop_se: float, degrees_of_freedom: int) -> float:
     """Student's t quantile with the one-sided level of `stop_se` normal standard errors: the standard error of a few
-    pairs is itself uncertain (4 pairs: 2 → 3.31; 64 pairs: 2 → 2.04)."""
+    pairs is itself uncertain (4 pairs: 1.25 → 1.58, 2 → 3.31; 64 pairs: 1.25 → 1.26)."""
     if math.isinf(stop_se):
         return stop_se
     # scipy: lm-eval's dependency (through scikit-learn), declared in the eval extra; imported when first needed
