@@ -413,7 +413,9 @@ def render_loglikelihood_estimator(results: dict[str, dict]) -> str:
     text += (f"\n\nGoal (suite, both): adaptive agrees at least as often as ref128, with ≥ 4× fewer tokens and ≥ 4× "
              f"the requests/s: **{'met' if goal else 'not met'}**. Adaptive settings: stop_se "
              f"{settings.get('stop_se', MISSING)}, futility_se {settings.get('futility_se', MISSING)}, mc_num "
-             f"{settings.get('mc_num', MISSING)}; judge: {settings.get('judge', MISSING)}. "
+             f"{settings.get('mc_num', MISSING)}; judge: {settings.get('judge', MISSING)}; ref1024 lies "
+             f"{fmt(suite.get('ref1024_rms_nats_from_exact'), '.2f')} nats (RMS) from the exact value on the "
+             f"{fmt(suite.get('ref1024_compared_to_exact'), '.0f')} multi-token answers judged exactly. "
              f"(`{data.get('command', MISSING)}`, {fmt(data.get('seconds'), '.0f')} s.)")
     tuning = results.get("loglikelihood_estimator_tuning")
     sweep = dig(tuning, "suite (both)", "sweep") if isinstance(tuning, dict) else None

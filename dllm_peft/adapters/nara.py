@@ -270,8 +270,7 @@ class NaraLayer(SharedCoreMixin, LoraLayer):
         entry = (core, folded, up._version, up.data_ptr())  # the core kept alive: its id is the key
         capacity = FOLD_MEMO_BYTES // (folded.numel() * folded.element_size())
         if capacity >= MIN_FOLDS:
-            stale = any(other[2] != entry[2] or other[3] != entry[3] for other in self._folds.values())
-            if stale or len(self._folds) >= capacity:
+            if len(self._folds) >= capacity:  # entries of an older B are skipped by `delta`'s check, then dropped here
                 self._folds = {}
             self._folds[id(core)] = entry
         return entry

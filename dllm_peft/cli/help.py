@@ -14,6 +14,7 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
+import click
 import typer
 from rich.console import Console
 from rich.padding import Padding
@@ -127,29 +128,43 @@ def panel_of(command: str, name: str) -> str:
     return PANELS.get(command, {}).get(name, OTHER)
 
 
+def _heading(console: Console, command: click.Command, ctx) -> None:
+    """The usage line and the command's help text, as typer draws them."""
+    console.print(Padding(Text(command.get_usage(ctx), style="bold"), (1, 1, 0, 1)))
+    if command.help:
+        console.print(Padding(Text(command.help.strip()), (1, 1, 1, 1)))
+
+
+def _width(names: list[Text]) -> int:
+    return max((len(line) for text in names for line in text.plain.splitlines()), default=1)
+
+
+def _panel(console: Console, title: str, rows: list[tuple[Text, Text]], width: int | None = None) -> None:
+    """A titled box of (names, help) rows; the names column is `width` wide (default: its widest line), never cut."""
+    width = width or _width([names for names, _ in rows])
+    table = Table.grid(padding=(0, 2), expand=True)
+    table.add_column(no_wrap=True, min_width=width, max_width=width)
+    table.add_column(ratio=1)
+    for row in rows:
+        table.add_row(*row)
+    console.print(Panel(table, title=title, title_align="left", border_style="dim"))
+
+
 class HelpCommand(typer.core.TyperCommand):
     """A typer command whose `--help` groups its options into the panels of `PANELS`, never cutting a flag name."""
 
     def format_help(self, ctx, formatter) -> None:  # noqa: ARG002 - rich prints directly, as typer's own help does
         console = Console(highlight=False)
-        console.print(Padding(Text(self.get_usage(ctx), style="bold"), (1, 1, 0, 1)))
-        if self.help:
-            console.print(Padding(Text(self.help.strip()), (1, 1, 1, 1)))
+        _heading(console, self, ctx)
         params = [param for param in self.get_params(ctx) if not getattr(param, "hidden", False)]
         rows = [(panel_of(self.name, param.name) if param.name != "help" else OTHER, param) for param in params]
         order = list(dict.fromkeys(PANELS.get(self.name, {}).values())) + [OTHER]
         names = {param.name: _names(param, ctx) for _, param in rows}
-        width = max(len(line) for lines in names.values() for line in lines.plain.splitlines())
+        width = _width(list(names.values()))  # one width for every panel: the columns line up
         for panel in order:
-            members = [param for name, param in rows if name == panel]
-            if not members:
-                continue
-            table = Table.grid(padding=(0, 2), expand=True)
-            table.add_column(no_wrap=True, min_width=width, max_width=width)
-            table.add_column(ratio=1)
-            for param in members:
-                table.add_row(names[param.name], _help_text(param))
-            console.print(Panel(table, title=panel, title_align="left", border_style="dim"))
+            members = [(names[param.name], _help_text(param)) for name, param in rows if name == panel]
+            if members:
+                _panel(console, panel, members, width)
 
 
 class HelpGroup(typer.core.TyperGroup):
@@ -158,23 +173,12 @@ class HelpGroup(typer.core.TyperGroup):
 
     def format_help(self, ctx, formatter) -> None:  # noqa: ARG002 - rich prints directly, as typer's own help does
         console = Console(highlight=False)
-        console.print(Padding(Text(self.get_usage(ctx), style="bold"), (1, 1, 0, 1)))
-        if self.help:
-            console.print(Padding(Text(self.help.strip()), (1, 1, 1, 1)))
+        _heading(console, self, ctx)
         params = [param for param in self.get_params(ctx) if not getattr(param, "hidden", False)]
-        names = [_names(param, ctx) for param in params]
-        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
-        commands = [(name, command) for name, command in commands if command is not None and not command.hidden]
-        for title, rows in (("Options", [(text, Text(param.help or "")) for text, param in zip(names, params)]),
-                            ("Commands", [(Text(name, style="bold cyan"), Text(command.get_short_help_str(200)))
-                                          for name, command in commands])):
-            width = max((len(line) for name, _ in rows for line in name.plain.splitlines()), default=1)
-            table = Table.grid(padding=(0, 2), expand=True)
-            table.add_column(no_wrap=True, min_width=width, max_width=width)
-            table.add_column(ratio=1)
-            for row in rows:
-                table.add_row(*row)
-            console.print(Panel(table, title=title, title_align="left", border_style="dim"))
+        _panel(console, "Options", [(_names(param, ctx), Text(param.help or "")) for param in params])
+        commands = [self.get_command(ctx, name) for name in self.list_commands(ctx)]
+        _panel(console, "Commands", [(Text(command.name, style="bold cyan"), Text(command.get_short_help_str(200)))
+                                     for command in commands if command is not None and not command.hidden])
 
 
 def _names(param, ctx) -> Text:

@@ -313,22 +313,6 @@ def adaptive_estimates(
     return estimates
 
 
-def adaptive_log_likelihoods(
-    backbone: Backbone,
-    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-    mc_num: int = 128,
-    batch_size: int = 32,
-    seed: int = 0,
-    stop_se: float = STOP_SE,
-    on_requests: Callable[[int, int], None] | None = None,
-    futility_se: float = FUTILITY_SE,
-) -> list[float]:
-    """The values of `adaptive_estimates`, one per request."""
-    estimates = adaptive_estimates(backbone, requests, mc_num, batch_size, seed, stop_se, on_requests=on_requests,
-                                   futility_se=futility_se)
-    return [estimate.value for estimate in estimates]
-
-
 def exact_log_likelihood(backbone: Backbone, prompt_ids: Sequence[int], answer_ids: Sequence[int],
                          batch_size: int = 32) -> float:
     """The quantity every estimator here estimates, computed over all 2^L − 1 masks (short answers only)."""

@@ -56,7 +56,7 @@ from lm_eval.utils import (
 
 from ..adapters.files import load_adapter, read_adapter
 from ..config import DEFAULT_MODEL, MC_ESTIMATORS, SAMPLER_PRESETS, SamplerConfig
-from ..diffusion.adaptive_likelihood import FUTILITY_SE, STOP_SE, adaptive_log_likelihoods
+from ..diffusion.adaptive_likelihood import FUTILITY_SE, STOP_SE, adaptive_estimates
 from ..diffusion.likelihood import greedy_matches, log_likelihoods
 from ..diffusion.sampler import sample
 from ..errors import DllmPeftError
@@ -259,9 +259,10 @@ class DllmPeftLM(LM):
         pairs = [(self._fit(prompt, len(answer)), answer) for prompt, answer in pairs]
         self._report(kind, 0, len(pairs))  # starts the clock of the time-remaining estimate
         if self.mc_estimator == "adaptive":  # progress in requests: the rows a question takes are not known ahead
-            return adaptive_log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed,
-                                            self.mc_stop_se, lambda done, total: self._report(kind, done, total),
-                                            futility_se=self.mc_futility_se)
+            estimates = adaptive_estimates(
+                self.backbone, pairs, self.mc_num, self.batch_size, self.seed, self.mc_stop_se,
+                on_requests=lambda done, total: self._report(kind, done, total), futility_se=self.mc_futility_se)
+            return [estimate.value for estimate in estimates]
         return log_likelihoods(self.backbone, pairs, self.mc_num, self.batch_size, self.seed, on_rows)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
