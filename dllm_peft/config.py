@@ -294,7 +294,7 @@ EXPORT_FORMATS = ("peft",)
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     adapter: str = option("out", "Adapter to export: its directory or its .safetensors file.")
-    format: str = option("peft", "Target format: peft (a stock PEFT LoRA adapter directory).")
+    format: str = option("peft", "Target format: peft (a stock PEFT LoRA, DoRA or HiRA adapter directory).")
     noise_level: float | None = option(None, "λ in [0, 1] at which a noise-dependent adapter (NaRA) is exported.")
     output: str = option("peft-adapter", "Directory the exported adapter goes to.")
     overwrite: bool = option(False, "Replace what --output already holds.")

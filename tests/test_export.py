@@ -9,13 +9,15 @@ import torch
 from safetensors import safe_open
 
 from dllm_peft.adapters.base import inject
+from dllm_peft.adapters.dora import DoraLayer
 from dllm_peft.adapters.export import (
     MODEL_CARD_FILE,
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
     export_adapter,
 )
-from dllm_peft.adapters.files import save_adapter
+from dllm_peft.adapters.files import load_adapter, read_adapter, save_adapter
+from dllm_peft.adapters.hira import HiraLayer
 from dllm_peft.adapters.registry import METHODS, build_adapter_config
 from dllm_peft.config import ExportConfig
 from dllm_peft.models import load_backbone, tiny_llada
@@ -30,8 +32,10 @@ peft = pytest.importorskip("peft", reason="peft is a test dependency (pip instal
 EXPORTABLE = sorted(
     name
     for name, method in METHODS.items()
-    if method.mergeable and getattr(method.layer_class, "low_rank_factors", None) is not None
+    if method.mergeable and (getattr(method.layer_class, "low_rank_factors", None) is not None
+                             or issubclass(method.layer_class, (DoraLayer, HiraLayer)))
 )
+PEFT_LAYERS = {"hira": "peft.tuners.hira.HiraLayer"}  # the rest load as PEFT LoRA layers (DoRA: use_dora)
 
 
 @pytest.fixture
@@ -46,10 +50,28 @@ def test_stock_peft_loads_the_export_and_gives_the_same_logits(method, tmp_path,
     level = 0.7 if METHODS[method].noise_dependent else None
     export_adapter(ExportConfig(adapter=str(tmp_path / "adapter"), noise_level=level, output=str(tmp_path / "peft")))
     loaded = peft.PeftModel.from_pretrained(tiny_llada(seed=0).model, str(tmp_path / "peft")).eval()
-    assert len([m for m in loaded.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]) == 8
+    layer_class = peft.tuners.hira.HiraLayer if method == "hira" else peft.tuners.lora.LoraLayer
+    assert len([m for m in loaded.modules() if isinstance(m, layer_class)]) == 8
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG_FILE).read_text())
+    assert config["peft_type"] == ("HIRA" if method == "hira" else "LORA")
+    assert config.get("use_dora", False) == method.endswith("dora")
     with torch.no_grad():
         peft_logits = loaded(input_ids=input_ids).logits
     torch.testing.assert_close(peft_logits, logits(trained, input_ids, level), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dora", "hira"])
+def test_a_dora_or_hira_export_reads_back_as_the_same_adapter(method, tmp_path, input_ids):
+    """Export then import (`peft_import.py`, its inverse) gives the adapter's logits again."""
+    trained = random_adapter(method)
+    save_adapter(trained, tmp_path / "adapter")
+    export_adapter(ExportConfig(adapter=str(tmp_path / "adapter"), output=str(tmp_path / "peft")))
+    record, _ = read_adapter(tmp_path / "peft")
+    assert record["method"] == method
+    back = tiny_llada(seed=0)
+    load_adapter(back, tmp_path / "peft")
+    back.model.eval()
+    torch.testing.assert_close(logits(back, input_ids), logits(trained, input_ids), atol=1e-5, rtol=0)
 
 
 def test_nara_exports_as_the_lora_with_b_times_the_core(tmp_path):
@@ -77,9 +99,12 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     refused(argv, capsys, "changes with the noise level λ")
     refused([*argv, "--noise-level", "2"], capsys, "--noise-level must lie in [0, 1]")
     refused([*argv, "--noise-level", "0.5", "--format", "gguf"], capsys, "unknown --format 'gguf'; choose one of: peft")
+    save_adapter(random_adapter("houlsby"), tmp_path / "houlsby")
+    houlsby = ["export", "--adapter", str(tmp_path / "houlsby"), "--output", str(tmp_path / "houlsby-peft")]
+    refused(houlsby, capsys, "houlsby adapters cannot be folded into the base weights")
     save_adapter(random_adapter("dora"), tmp_path / "dora")
-    dora = ["export", "--adapter", str(tmp_path / "dora"), "--output", str(tmp_path / "dora-peft")]
-    refused(dora, capsys, "not a plain low-rank product, so they have no stock PEFT LoRA form; use `dllm-peft merge`")
+    code, out, _ = run(["export", "--adapter", str(tmp_path / "dora"), "--output", str(tmp_path / "dora-peft")], capsys)
+    assert code in (0, None) and "exported the dora adapter as a PEFT DoRA (rank 4, 8 modules)" in out
     code, out, _ = run([*argv, "--noise-level", "0.5"], capsys)
     assert code in (0, None) and "at λ = 0.5 as a PEFT LoRA (rank 4, 8 modules)" in out
     assert {path.name for path in (tmp_path / "peft").iterdir()} == {PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, MODEL_CARD_FILE, MANIFEST}

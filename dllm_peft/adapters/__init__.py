@@ -7,7 +7,7 @@
 - `router.py`: LoRA-Diffusion's multi-task composition (the router composes adapters it is handed);
 - `files.py`: the adapter file (`dllm_peft_adapter.safetensors` + `.json`): save, read, load;
 - `peft_import.py`: a stock PEFT LoRA / DoRA / HiRA folder read as the equivalent dllm-peft adapter;
-- `merge.py`, `export.py`: folding an adapter into the base; writing a stock PEFT LoRA with a model card;
+- `merge.py`, `export.py`: folding an adapter into the base; writing a stock PEFT LoRA / DoRA / HiRA with a model card;
 - `summary.py`, `plots.py`: what `dllm-peft inspect` reports and draws.
 
 May import: `diffusion` (the λ routing of `diffusion/conditioning.py`), `models` and the shared leaves; never `data`,

@@ -1,8 +1,12 @@
-"""Export an adapter as a stock PEFT LoRA adapter directory that `peft.PeftModel.from_pretrained` loads.
+"""Export an adapter as a stock PEFT adapter directory that `peft.PeftModel.from_pretrained` loads.
 
 A method whose update is a low-rank product ΔW = left·right (`low_rank_factors`) is exactly a LoRA: PEFT's `lora_B`
 is `left` (out, r) and `lora_A` is `right` (r, in). NaRA at a chosen λ is such a LoRA with B' = s·B·C(λ) and A' = A
-(`method-facts.md`); NaRA-C folds its constant core the same way; LoRA keeps its own factors.
+(`method-facts.md`); NaRA-C folds its constant core the same way; LoRA keeps its own factors. Two methods that are not
+low-rank products have a PEFT form of their own, and the same reading of PEFT's code as `peft_import.py` (its inverse):
+- DoRA is PEFT's LoRA with `use_dora`: `lora_B` = s·B (NaRA-DoRA: s·B·C(λ)), `lora_A` = A and the magnitude m as
+  `lora_magnitude_vector`; PEFT's DoRA takes the row norm of W0 + (alpha / r)·B·A = W0 + s·B·A, as `dora.py` does.
+- HiRA is PEFT's `HIRA` type, ΔW = W0 ⊙ (hira_B · hira_A) with no scale: `hira_B` = s·B, `hira_A` = A.
 
 The scale s is folded into `lora_B` and `lora_alpha` equals the rank, so PEFT's scaling alpha / r is 1. We do this
 instead of setting alpha = s·r because ΔW = left·right is the one contract every method honours (a method with a
@@ -34,6 +38,8 @@ from ..config import ExportConfig
 from ..errors import DllmPeftError
 from ..models.portable import BaseReference, base_reference
 from ..outputs import check_directory_output, check_output_path, replaced_when_complete
+from .dora import DoraLayer
+from .hira import HiraLayer
 from .merge import merge_noise_level
 from .peft_import import PEFT_CONFIG_FILE, PEFT_PREFIX, PEFT_WEIGHTS_FILE
 from .summary import AdapterParts, standalone_adapter
@@ -48,38 +54,62 @@ class ExportResult:
     noise_level: float | None  # None when the method's update does not depend on λ
     modules: int
     rank: int
+    form: str  # what PEFT calls it (`PEFT_FORMS`)
+
+
+def peft_kind(parts: AdapterParts) -> str:
+    """The PEFT form of the adapter's layers: "lora", "dora" (LoRA with `use_dora`) or "hira"."""
+    layer = next(iter(parts.layers.values()))
+    if isinstance(layer, DoraLayer):
+        return "dora"
+    if isinstance(layer, HiraLayer):
+        return "hira"
+    if getattr(layer, "low_rank_factors", None) is None:
+        raise DllmPeftError(
+            f"{parts.method.name} updates are neither a low-rank product nor DoRA or HiRA, so they have no stock PEFT "
+            "form; use `dllm-peft merge` instead"
+        )
+    return "lora"
 
 
 def peft_lora_tensors(parts: AdapterParts, noise_level: float | None):
-    """PEFT LoRA tensors of every adapted module, and each module's rank.
+    """PEFT tensors of every adapted module (in the form `peft_kind` names), and each module's rank.
 
     Returns:
-        ({PEFT key: tensor}, {module name: rank}); lora_A is (r, in), lora_B is (out, r).
+        ({PEFT key: tensor}, {module name: rank}); the A factors are (r, in), the B factors (out, r), a DoRA
+        magnitude (out,).
     """
+    kind = peft_kind(parts)
     tensors, ranks = {}, {}
     for name, layer in parts.layers.items():
-        factors = getattr(layer, "low_rank_factors", None)
-        if factors is None:
-            raise DllmPeftError(
-                f"{parts.method.name} updates are not a plain low-rank product, so they have no stock PEFT LoRA form; "
-                "use `dllm-peft merge` instead"
-            )
-        left, right = factors(noise_level)  # (out, r), (r, in)
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = right.detach().contiguous()
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = left.detach().contiguous()
+        prefix = f"{PEFT_PREFIX}{name}"
+        if kind == "hira":
+            tensors[f"{prefix}.hira_A"] = layer.lora_A.detach().contiguous()
+            tensors[f"{prefix}.hira_B"] = (layer.config.scale * layer.lora_B).detach().contiguous()
+            ranks[name] = layer.lora_A.shape[0]
+            continue
+        if kind == "dora":
+            up = layer.up_factor(layer.core_at(noise_level))  # (out, r), or (1, out, r) with a core
+            left, right = up.reshape(up.shape[-2:]), layer.lora_A
+            tensors[f"{prefix}.lora_magnitude_vector"] = layer.magnitude.detach().contiguous()
+        else:
+            left, right = layer.low_rank_factors(noise_level)  # (out, r), (r, in)
+        tensors[f"{prefix}.lora_A.weight"] = right.detach().contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = left.detach().contiguous()
         ranks[name] = right.shape[0]
     return tensors, ranks
 
 
 def peft_lora_config(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
-    """PEFT's `adapter_config.json` for the exported factors (scale folded into lora_B, so alpha = r)."""
-    fields = _lora_fields(parts, ranks, base)
+    """PEFT's `adapter_config.json` for the exported factors (scale folded into the B factor, so alpha = r)."""
+    hira = peft_kind(parts) == "hira"
+    fields = _hira_fields(parts, ranks, base) if hira else _lora_fields(parts, ranks, base)
     try:
         import peft
     except ImportError:  # peft is optional at run time: write the fields PEFT has accepted for many releases
-        config = {"peft_type": "LORA", **fields}
+        config = {"peft_type": "HIRA" if hira else "LORA", **fields}
     else:
-        config = peft.LoraConfig(**fields).to_dict()
+        config = (peft.HiraConfig if hira else peft.LoraConfig)(**fields).to_dict()
         config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
     config["auto_mapping"] = {"base_model_class": base.auto_class, "parent_library": "transformers"}
     return config
@@ -101,13 +131,34 @@ def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": peft_kind(parts) == "dora",
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,
     }
+
+
+def _hira_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
+    rank = collections.Counter(ranks.values()).most_common(1)[0][0]
+    return {
+        "task_type": None,
+        "base_model_name_or_path": base.name_or_path,
+        "revision": None,
+        "r": rank,
+        "rank_pattern": {name: module_rank for name, module_rank in ranks.items() if module_rank != rank},
+        "hira_dropout": getattr(parts.config, "dropout", 0.0),
+        "target_modules": sorted(ranks),
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+
+
+PEFT_FORMS = {"lora": "PEFT LoRA", "dora": "PEFT DoRA", "hira": "PEFT HiRA"}  # for the user; DoRA is LoRA + use_dora
 
 
 def model_card(parts: AdapterParts, level: float | None, base: BaseReference, peft_config: dict[str, Any]) -> str:
@@ -141,9 +192,10 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
         f"# {method} adapter exported by dllm-peft {__version__}",
         "",
         (
-            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock PEFT LoRA: rank "
-            f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into `lora_B` "
-            "(`lora_alpha` = r)."
+            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock {PEFT_FORMS[peft_kind(parts)]}: rank "
+            f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into the B factor"
+            + {"hira": " (PEFT's HiRA has no scale).", "dora": " (`lora_alpha` = r), magnitude in "
+               "`lora_magnitude_vector` (`use_dora`: true)."}.get(peft_kind(parts), " (`lora_alpha` = r).")
         ),
         "",
         trained,
@@ -169,7 +221,7 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
 
 
 def export_adapter(config: ExportConfig) -> ExportResult:
-    """Write the adapter of `config.adapter` as a PEFT LoRA directory (with a model card) at `config.output`."""
+    """Write the adapter of `config.adapter` as a PEFT directory (with a model card) at `config.output`."""
     check_output_path(config.output)  # before any work
     parts = standalone_adapter(config.adapter)
     level = merge_noise_level(parts.method, config.noise_level)
@@ -184,4 +236,4 @@ def export_adapter(config: ExportConfig) -> ExportResult:
         save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
         (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
         (staging / MODEL_CARD_FILE).write_text(model_card(parts, level, base, peft_config))
-    return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"])
+    return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"], PEFT_FORMS[peft_kind(parts)])

@@ -96,7 +96,17 @@ def standalone_adapter(path: str | Path) -> AdapterParts:
                     f"tensor {key!r} in {str(path)!r} has shape {tuple(tensors[key].shape)}, its metadata implies "
                     f"{tuple(target.shape)}; the file is damaged"
                 )
-            target.copy_(tensors[key])  # a no-op for tensors derived from the (meta) base weights, e.g. DoRA's m
+            if target.is_meta:  # derived from the weightless base (DoRA's m): the file holds its value
+                continue
+            target.copy_(tensors[key])
+        for name, layer in layers.items():
+            for key, target in layer.adapter_parameters():
+                if target.is_meta:
+                    owner, _, attribute = key.rpartition(".")
+                    value = tensors[f"{name}.{key}"].clone()
+                    module = layer.get_submodule(owner) if owner else layer
+                    setattr(module, attribute, nn.Parameter(value, requires_grad=False) if
+                            isinstance(target, nn.Parameter) else value)
     for layer in layers.values():
         layer.eval()
     trainable = sum(t.numel() for t in expected.values() if isinstance(t, nn.Parameter))

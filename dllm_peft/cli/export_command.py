@@ -1,4 +1,4 @@
-"""`dllm-peft export`: write an adapter in another library's format (a stock PEFT LoRA adapter)."""
+"""`dllm-peft export`: write an adapter in another library's format (a stock PEFT LoRA, DoRA or HiRA adapter)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def export_command(
     output: str = typer.Option(D.output, help=H("output")),
     overwrite: bool = typer.Option(D.overwrite, help=H("overwrite")),
 ) -> None:
-    """Export an adapter as a stock PEFT LoRA directory (NaRA at a chosen --noise-level: B' = B·C(λ))."""
+    """Export an adapter as a stock PEFT directory: LoRA (NaRA at a chosen --noise-level: B' = B·C(λ)), DoRA or HiRA."""
     config = ExportConfig(**{name: value for name, value in locals().items()})
     from ..adapters.export import (  # torch loads here
         MODEL_CARD_FILE,
@@ -33,7 +33,7 @@ def export_command(
     result = export_adapter(config)
     at = "" if result.noise_level is None else f" at λ = {result.noise_level:g}"
     out.print(
-        f"[green]✓[/] exported the {result.method} adapter{at} as a PEFT LoRA "
+        f"[green]✓[/] exported the {result.method} adapter{at} as a {result.form} "
         f"(rank {result.rank}, {result.modules} modules)"
     )
     if config.noise_level is not None and result.noise_level is None:
