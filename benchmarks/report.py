@@ -385,8 +385,9 @@ def estimator_rows(data: dict) -> list[str]:
     rows = [(name, row) for name, row in (data.get("tasks") or {}).items()]
     rows += [(f"**{name}**", data[name]) for name in ("suite (BPE tokens)", "suite (byte tokens)", "suite (both)")
              if isinstance(data.get(name), dict)]
-    lines = ["| task | questions × seeds (exact judge) | agree: ref128 / adaptive | with ref1024: ref128 / adaptive | "
-             "fewer tokens | requests/s × | samples per option |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | questions × seeds (exact judge) | agree: ref128 / adaptive | adaptive − ref128 (95 % CI) | "
+             "with ref1024: ref128 / adaptive | fewer tokens | requests/s × | samples per option |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in rows:
         if not isinstance(row, dict):
             continue
@@ -394,10 +395,19 @@ def estimator_rows(data: dict) -> list[str]:
         ref1024 = (f"{fmt(dig(row, 'ref128', 'agree_with_ref1024'), '.0f')} / "
                    f"{fmt(dig(row, 'adaptive', 'agree_with_ref1024'), '.0f')}")
         lines.append(f"| {name} | {fmt(row.get('questions_x_seeds'), '.0f')} "
-                     f"({fmt(row.get('questions_judged_exactly'), '.0f')}) | {agree} | {ref1024} | "
+                     f"({fmt(row.get('questions_judged_exactly'), '.0f')}) | {agree} | {gain(row)} | {ref1024} | "
                      f"{fmt(row.get('token_ratio'), '.2f', '×')} | {fmt(row.get('speedup'), '.2f', '×')} | "
                      f"{fmt(dig(row, 'adaptive', 'mean_samples_per_request'), '.1f')} |")
     return lines
+
+
+def gain(row: dict) -> str:
+    """adaptive − ref128 agreements and its 95 % interval, e.g. "+2 (−3 to +7)"."""
+    value, interval = number(dig(row, "difference", "agreements")), dig(row, "difference", "ci95")
+    if value is None or not isinstance(interval, list) or len(interval) != 2:
+        return MISSING
+    signed = lambda x: f"{x:+.0f}".replace("-", "−") if x else "0"  # noqa: E731
+    return f"{signed(value)} ({signed(interval[0])} to {signed(interval[1])})"
 
 
 def render_loglikelihood_estimator(results: dict[str, dict]) -> str:
@@ -411,7 +421,8 @@ def render_loglikelihood_estimator(results: dict[str, dict]) -> str:
     goal = (number(dig(suite, "adaptive", "agree")) or 0) >= (number(dig(suite, "ref128", "agree")) or 1) and \
         (number(suite.get("token_ratio")) or 0) >= 4 and (number(suite.get("speedup")) or 0) >= 4
     text += (f"\n\nGoal (suite, both): adaptive agrees at least as often as ref128, with ≥ 4× fewer tokens and ≥ 4× "
-             f"the requests/s: **{'met' if goal else 'not met'}**. Adaptive settings: stop_se "
+             f"the requests/s: **{'met' if goal else 'not met'}**; adaptive − ref128 agreements: {gain(suite)} "
+             f"(95 % interval, a bootstrap over questions). Adaptive settings: stop_se "
              f"{settings.get('stop_se', MISSING)}, futility_se {settings.get('futility_se', MISSING)}, mc_num "
              f"{settings.get('mc_num', MISSING)}; judge: {settings.get('judge', MISSING)}; ref1024 lies "
              f"{fmt(suite.get('ref1024_rms_nats_from_exact'), '.2f')} nats (RMS) from the exact value on the "

@@ -395,8 +395,8 @@ class EvalConfig:
         "reference", "reference (LLaDA's estimator, mc_num samples per option) or adaptive (shared antithetic samples, "
         "exact short answers, stops once the answer is decided)."
     )
-    mc_stop_se: float = option(1.25, "With --mc-estimator adaptive: stop once the leading option is ahead by this "
-                                     "many standard errors (Student's t for the pairs drawn).")
+    mc_stop_se: float = option(1.25, "With --mc-estimator adaptive: stop once the leading option is ahead of each "
+                                     "other by this many standard errors (Student's t for the pairs drawn).")
     mc_futility_se: float = option(0.0, "With --mc-estimator adaptive: also stop a near tie, whose leader would be "
                                         "ahead by fewer standard errors than this at --mc-num samples; 0: never.")
     batch_size: int = option(16, "Sequences per forward pass (log-likelihood samples, or prompts being generated).")

@@ -134,3 +134,20 @@ def test_the_stopping_rule_reads_stop_se_through_student_t_and_stops_hopeless_ti
     assert settled(pairs, stop_se=2.0, futility_se=5.8, mc_num=32)  # at 32 samples m/s would be 2.85·√4 = 5.7 < 5.8
     assert not settled(pairs, stop_se=2.0, futility_se=5.6, mc_num=32)
     assert not settled(pairs, stop_se=2.0, futility_se=0, mc_num=32)  # 0: never a tie
+
+
+def test_the_leader_must_beat_every_rival_not_only_the_runner_up():
+    """An intersection-union test: a rival behind the runner-up but with a wide spread still keeps the question open."""
+    from dllm_peft.diffusion.adaptive_likelihood import _Option, _Question, _settled
+
+    steady = [3.0, 3.2, 2.8, 3.0, 3.1, 2.9, 3.0, 3.0]  # the leader ahead of the runner-up by 3.0, tightly
+    leader = _Option(0, 8, values=[10.0] * 8)
+    runner_up = _Option(1, 8, values=[10.0 - value for value in steady])
+    wide = _Option(2, 8, values=[10.0 - value for value in [-6.0, -6.0, 14.0, 14.0, -4.0, -4.0, 16.0, 16.0]])
+    assert leader.mean() > runner_up.mean() > wide.mean()  # 10 > 7.0 > 5.0: the wide one is third by its mean
+
+    def question(*options):
+        return _Question(3, list(options), torch.Generator(), 0.0, 8)
+
+    assert _settled(question(leader, runner_up), 1.25, 0.0, 128)  # beaten by ~40 standard errors
+    assert not _settled(question(leader, runner_up, wide), 1.25, 0.0, 128)  # lead 5 over the wide one, s = 5.8

@@ -133,15 +133,18 @@ def test_the_estimator_block_shows_each_task_the_suite_and_whether_the_goal_hold
     def row(ref128, adaptive, ratio, speedup):
         return {"questions_x_seeds": 30, "questions_judged_exactly": 12, "token_ratio": ratio, "speedup": speedup,
                 "ref128": {"agree": ref128, "agree_with_ref1024": ref128},
-                "adaptive": {"agree": adaptive, "agree_with_ref1024": adaptive - 1, "mean_samples_per_request": 9.5}}
+                "adaptive": {"agree": adaptive, "agree_with_ref1024": adaptive - 1, "mean_samples_per_request": 9.5},
+                "difference": {"agreements": adaptive - ref128, "ci95": [-2, 4]}}
 
     data = {"tasks": {"piqa (BPE tokens)": row(25, 26, 3.1, 2.9)}, "suite (both)": row(25, 26, 4.7, 5.0),
             "settings": {"stop_se": 2.0, "futility_se": 0.5, "mc_num": 128, "judge": "exact"}, "command": "c",
             "seconds": 10}
     block = report.render_loglikelihood_estimator({"loglikelihood_estimator": data})
-    assert "| piqa (BPE tokens) | 30 (12) | 25 / 26 | 25 / 25 | 3.10× | 2.90× | 9.5 |" in block
+    assert "| piqa (BPE tokens) | 30 (12) | 25 / 26 | +1 (−2 to +4) | 25 / 25 | 3.10× | 2.90× | 9.5 |" in block
     assert "| **suite (both)** | 30 (12) | 25 / 26 |" in block and "**met**" in block
+    assert "adaptive − ref128 agreements: +1 (−2 to +4) (95 % interval" in block
     data["suite (both)"] = row(25, 24, 4.7, 5.0)  # fewer agreements than ref128: the goal fails whatever the speed
+    assert "−1 (−2 to +4)" in report.render_loglikelihood_estimator({"loglikelihood_estimator": data})
     assert "**not met**" in report.render_loglikelihood_estimator({"loglikelihood_estimator": data})
 
 
@@ -238,3 +241,16 @@ def test_the_bpe_workload_gives_different_questions_different_contexts(tmp_path)
     assert len(first[0][0]) == len(second[0][0]) and first[0][0] != second[0][0]
     for requests in (first, second):  # a token shared by the context and an option keeps one id
         assert all(0 <= token < 256 for context, option in requests for token in (*context, *option))
+
+
+def test_the_estimator_difference_interval_resamples_questions():
+    sys.path.insert(0, str(BENCHMARKS / "loglikelihood"))
+    from estimator import difference
+
+    even = difference([0] * 40)  # no question differs: no interval either
+    assert even["agreements"] == 0 and even["ci95"] == [0, 0]
+    one_sided = difference([1] * 10 + [0] * 30)  # adaptive right where ref128 was wrong on 10 of 40 questions
+    low, high = one_sided["ci95"]
+    assert one_sided["agreements"] == 10 and 0 < low < 10 < high <= 20
+    mixed = difference([3, -3] * 20)
+    assert mixed["agreements"] == 0 and mixed["ci95"][0] < 0 < mixed["ci95"][1]

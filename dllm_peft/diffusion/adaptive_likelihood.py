@@ -18,17 +18,21 @@ number):
   and Var(Â − B̂) = Var(Â) + Var(B̂) − 2 Cov(Â, B̂) is smaller than for independent draws. Rows that show the model
   the same tokens (e.g. fully masked equal-length options) are forwarded once.
 - **Adaptive stopping.** Rounds of `ROUND_SAMPLES` samples per option (4 antithetic pairs), all questions' rows
-  batched together. After each round a question's leading option and runner-up are compared through the per-sample
-  differences of their values, averaged within pairs (the pairs are the units of the standard error s; treating the
-  stratified levels as independent overstates it, so the test is conservative). With n samples drawn, margin m and
-  N = mc_num, the question stops
-  * *decided* when m > t_{P−1}(Φ(`stop_se`)) · s, P the pairs: `stop_se` standard errors read as a normal quantile and
-    turned into Student's t for the few pairs behind s (1.25 → 1.58 at the first test, after 4 pairs; 1.26 after
-    64), so an early stop needs a clear lead;
+  batched together. After each round a question's leading option is compared with each other option through the
+  per-sample differences of their values, averaged within pairs (the pairs are the units of the standard error s;
+  treating the stratified levels as independent overstates it, so the test is conservative). With n samples drawn,
+  margin m over a rival and N = mc_num, the question stops
+  * *decided* when m > t_{P−1}(Φ(`stop_se`)) · s for every rival, P the pairs: `stop_se` standard errors read as a
+    normal quantile and turned into Student's t for the few pairs behind s (1.25 → 1.58 at the first test, after 4
+    pairs; 1.26 after 64), so an early stop needs a clear lead. "The leader is the best option" is the intersection
+    of "the leader beats option o" over the rivals, so testing each at one level is a valid test of the claim at
+    that level (an intersection-union test, no multiplicity correction needed); testing the runner-up by mean alone
+    is not: a rival further behind but with a larger standard error can be the likelier winner;
   * *a near tie* (only with `futility_se` > 0, and from n ≥ N / `FUTILITY_FROM` on) when (m / s) · √(N / n) <
-    `futility_se`: even with all N samples the leader would be ahead by fewer than `futility_se` standard errors, so
-    the full budget would not settle it either; the current leader is kept. Off by default: on the benchmark it saves
-    tokens but loses as many agreements as it saves; at the first tests (4 pairs) it called real differences ties;
+    `futility_se` for the closest rival: even with all N samples the leader would be ahead by fewer than
+    `futility_se` standard errors, so the full budget would not settle it either; the current leader is kept. Off by
+    default: on the benchmark it saves tokens but loses as many agreements as it saves; at the first tests (4 pairs)
+    it called real differences ties;
   * at N samples.
   An enumerated option counts as a constant. A lone request (nothing to decide) takes all `mc_num` samples. The
   decision uses the raw sum (lm-eval's `acc`), not the length-normalised `acc_norm`. The defaults (`stop_se` 1.25,
@@ -171,33 +175,34 @@ def _row_losses(
 
 
 def _settled(question: _Question, stop_se: float, futility_se: float, mc_num: int) -> bool:
-    """Whether a question may stop: its leader is ahead of the runner-up by `stop_se` standard errors of their
-    difference (decided), or would still be ahead by fewer than `futility_se` of them at `mc_num` samples (a near tie
-    the whole budget would not settle either).
+    """Whether a question may stop: its leader is ahead of *every* other option by `stop_se` standard errors of their
+    difference (decided), or would still be ahead of its closest rival by fewer than `futility_se` of them at
+    `mc_num` samples (a near tie the whole budget would not settle either).
 
-    The difference is taken sample by sample (the options share their draws), averaged within antithetic pairs; the
+    Each difference is taken sample by sample (the options share their draws), averaged within antithetic pairs; the
     pairs are the units of the standard error (treating the stratified levels as independent overstates it).
     """
     options = question.options
     if len(options) < 2:
         return False  # nothing to decide: the value itself is wanted, at full precision
     ranked = sorted(options, key=_Option.mean, reverse=True)
-    leader, runner_up = ranked[0], ranked[1]
-    if leader.exact is not None and runner_up.exact is not None:
-        return True
-    count = question.drawn
-    difference = leader.series(count) - runner_up.series(count)  # (count,)
-    units = torch.stack([chunk.mean() for chunk in difference.split(2)])  # (pairs,)
-    if units.numel() < 2:
-        return False
-    margin = difference.mean().item()
-    standard_error = units.std().item() / math.sqrt(units.numel())
-    if standard_error == 0 or margin > _critical(stop_se, units.numel() - 1) * standard_error:
-        return True
+    leader, count = ranked[0], question.drawn
+    leads = []  # (the leader's lead over a rival in standard errors, the pairs behind it)
+    for rival in ranked[1:]:
+        if leader.exact is not None and rival.exact is not None:
+            continue  # both enumerated: the lead is known
+        difference = leader.series(count) - rival.series(count)  # (count,)
+        units = torch.stack([chunk.mean() for chunk in difference.split(2)])  # (pairs,)
+        if units.numel() < 2:
+            return False
+        standard_error = units.std().item() / math.sqrt(units.numel())
+        leads.append((math.inf if standard_error == 0 else difference.mean().item() / standard_error, units.numel()))
+    if all(lead > _critical(stop_se, pairs - 1) for lead, pairs in leads):
+        return True  # the intersection-union test: the leader beats each rival at the level of `stop_se`
     if futility_se <= 0 or count * FUTILITY_FROM < mc_num:
         return False
-    projected = margin / standard_error * math.sqrt(mc_num / count)  # the margin in standard errors at mc_num samples
-    return projected < futility_se
+    closest = min(lead for lead, _ in leads)
+    return closest * math.sqrt(mc_num / count) < futility_se  # the lead in standard errors at mc_num samples
 
 
 @functools.lru_cache(maxsize=256)
@@ -228,7 +233,7 @@ def adaptive_estimates(
 
     Args:
         mc_num: the most samples an option takes (and the most rows an enumeration may cost).
-        stop_se: stop a question once its leader is ahead of the runner-up by this many standard errors.
+        stop_se: stop a question once its leader is ahead of every other option by this many standard errors.
         futility_se: stop a question once its leader would be ahead by fewer standard errors than this even at mc_num
             samples (a near tie); 0 never stops for that reason.
         enumeration_rows: enumerate an answer exactly when its 2^L − 1 masks are at most this many (and ≤ mc_num).
