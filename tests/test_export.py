@@ -120,7 +120,8 @@ def default_model_adapter(method: str):
     return backbone
 
 
-@pytest.mark.parametrize(("method", "level", "tolerance"), [("lora", None, 0.0), ("nara", 0.5, 1e-4)])
+@pytest.mark.parametrize(("method", "level", "tolerance"),
+                         [("lora", None, 0.0), ("nara", 0.5, 1e-4), ("nara-dora", 0.5, 1e-4), ("hira", None, 1e-4)])
 def test_auto_peft_model_loads_the_export_alone(method, level, tolerance, tmp_path, input_ids):
     trained = default_model_adapter(method)
     save_adapter(trained, tmp_path / "adapter")
@@ -128,7 +129,8 @@ def test_auto_peft_model_loads_the_export_alone(method, level, tolerance, tmp_pa
     config = json.loads((tmp_path / "peft" / PEFT_CONFIG_FILE).read_text())
     assert config["base_model_name_or_path"] == str(SHIPPED_DIR) and config["peft_version"] == peft.__version__
     assert config["auto_mapping"] == {"base_model_class": "AutoModel", "parent_library": "transformers"}
-    assert config["task_type"] is None and config["peft_type"] == "LORA" and len(config["target_modules"]) == 16
+    assert config["task_type"] is None and len(config["target_modules"]) == 16
+    assert config["peft_type"] == ("HIRA" if method == "hira" else "LORA")
     card = (tmp_path / "peft" / MODEL_CARD_FILE).read_text()
     assert f"# {method} adapter" in card and "AutoPeftModel.from_pretrained" in card and "dllm_peft.models" in card
     assert ("λ = 0.5" in card) == (level is not None)
