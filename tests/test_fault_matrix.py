@@ -32,7 +32,7 @@ def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     save_adapter(random_adapter("lora"), root / "lora")
     save_adapter(random_adapter("nara"), root / "nara")
-    save_adapter(random_adapter("dora"), root / "dora")
+    save_adapter(random_adapter("houlsby"), root / "houlsby")
     save_adapter(random_adapter("lora"), root / "mixed")  # adapter_config.json says nara, the weights say lora
     record = json.loads((root / "mixed" / CONFIG_FILE).read_text())
     (root / "mixed" / CONFIG_FILE).write_text(json.dumps({**record, "method": "nara"}))
@@ -147,7 +147,7 @@ CASES = [
      "would replace the input"),
     ("merge-output-not-empty", ["merge", "--adapter", "{in}/lora", "--output", "{in}/nara"], "is not empty"),
     ("merge-output-in-proc", ["merge", "--adapter", "{in}/lora", "--output", "/proc/merged"], "lies inside /proc"),
-    ("export-dora", ["export", "--adapter", "{in}/dora", "--output", "{out}/p"], "no stock PEFT LoRA form"),
+    ("export-houlsby", ["export", "--adapter", "{in}/houlsby", "--output", "{out}/p"], "export writes weight updates only"),
     ("export-unknown-format", ["export", "--adapter", "{in}/lora", "--format", "gguf"], "unknown --format 'gguf'"),
     ("export-noise-level-inf", ["export", "--adapter", "{in}/nara", "--noise-level", "inf"], "--noise-level must lie"),
     ("export-output-under-file", ["export", "--adapter", "{in}/lora", "--output", "{in}/a-file/p"], "under the file"),

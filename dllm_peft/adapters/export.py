@@ -224,6 +224,11 @@ def export_adapter(config: ExportConfig) -> ExportResult:
     """Write the adapter of `config.adapter` as a PEFT directory (with a model card) at `config.output`."""
     check_output_path(config.output)  # before any work
     parts = standalone_adapter(config.adapter)
+    if not parts.method.mergeable:
+        raise DllmPeftError(
+            f"{parts.method.name} adapters change no weight ({parts.method.summary}), and export writes weight "
+            "updates only (PEFT LoRA, DoRA, HiRA); use them with dllm-peft as they are"
+        )
     level = merge_noise_level(parts.method, config.noise_level)
     output = Path(config.output)
     check_directory_output(output, config.overwrite, [Path(config.adapter)], "export")
