@@ -187,3 +187,19 @@ def test_inspect_refuses_bad_input_in_one_sentence(saved, tmp_path, capsys):
     wider = random_adapter("lora", d_model=32)
     save_adapter(wider, tmp_path / "wider")
     refused(["inspect", str(tmp_path / "wider"), "--model", "tiny-llada"], capsys, "has shape")
+
+
+def test_inspect_header_wraps_long_values_under_themselves_in_a_narrow_terminal(saved, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from dllm_peft.cli import inspect_command
+
+    screen = io.StringIO()
+    monkeypatch.setattr(inspect_command, "out", Console(file=screen, force_terminal=True, width=60, color_system=None))
+    code, _, _ = run(["inspect", str(saved["nara"][0] / WEIGHTS_FILE), "--levels", "2"], capsys)
+    lines = screen.getvalue().splitlines()
+    assert code in (0, None) and all(len(line) <= 60 for line in lines)
+    settings = next(index for index, line in enumerate(lines) if line.startswith("  settings     "))
+    assert lines[settings + 1].startswith(" " * 15) and lines[settings + 1].strip()  # the value goes on, indented

@@ -80,12 +80,22 @@ def print_header(summary: AdapterSummary) -> None:
         name.rsplit(".", 1)[-1] if re.fullmatch(r"[\w.]+", name) else name for name in map(str, targets)
     ))
     out.print(f"[bold]{summary.method}[/] adapter  {summary.source}")
-    out.print(f"  base model   {summary.base_model or 'not recorded'}")
-    out.print(f"  settings     {', '.join(f'{key}={value}' for key, value in settings.items()) or 'none'}")
+    rows = [("base model", summary.base_model or "not recorded"),
+            ("settings", ", ".join(f"{key}={value}" for key, value in settings.items()) or "none")]
     if targets:
-        out.print(f"  targets      {', '.join(targets)} ({len(summary.module_norms) or 'see --model for the'} modules)")
-    out.print(f"  parameters   {parameter_line(summary)}")
-    out.print(f"  update       {'changes with λ' if summary.noise_dependent else 'the same at every λ'}")
+        rows.append(("targets", f"{', '.join(targets)} ({len(summary.module_norms) or 'see --model for the'} modules)"))
+    rows += [("parameters", parameter_line(summary)),
+             ("update", "changes with λ" if summary.noise_dependent else "the same at every λ")]
+    if not out.is_terminal:  # a log: one line per row, no padding
+        for name, value in rows:
+            out.print(f"  {name:<13}{value}")
+        return
+    grid = Table.grid(padding=(0, 3))  # in a terminal a long value wraps under itself, not under the names
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(f"  {name}", value)
+    out.print(grid)
 
 
 def parameter_line(summary: AdapterSummary) -> str:
