@@ -185,7 +185,7 @@ def test_eval_multiple_choice_runs_the_estimator_on_a_local_folder(tmp_path, cap
     "argv, expected",
     [
         (["--tasks", "humaneval"], "humaneval runs the generated code; pass --allow-code-execution"),
-        (["--tasks", "gsm8kk"], "unknown task 'gsm8kk'; choose from: arc, commonsense, math, code"),
+        (["--tasks", "gsm8kk"], "unknown task 'gsm8kk' (did you mean 'gsm8k'?); choose from: arc, commonsense, math, code"),
         (["--protocol", "loglik"], "unknown --protocol 'loglik'; choose one of: generative, mc"),
         (["--tasks", "svamp", "--data-dir", "/nonexistent"], "--data-dir '/nonexistent' is not a directory"),
         (["--remasking", "lowest"], "unknown --remasking 'lowest'"),

@@ -71,8 +71,8 @@ def merge_noise_level(method: Method, noise_level: float | None) -> float | None
         return None
     if noise_level is None:
         raise DllmPeftError(
-            f"a {method.name} update changes with the noise level λ ({method.summary}), so there is no single merged "
-            "model; choose the λ to merge at with --noise-level, a value in [0, 1]"
+            f"a {method.name} update changes with the noise level λ ({method.summary}), so it has no single fixed "
+            "form; choose the λ to take it at with --noise-level, a value in [0, 1]"
         )
     return noise_level
 

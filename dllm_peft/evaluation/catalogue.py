@@ -12,6 +12,7 @@ its hub dataset instead (`arc_easy`, `boolq`, `social_iqa`, ...).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 from ..data.classification import CLASSIFICATION_TASKS
@@ -84,7 +85,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise DllmPeftError(f"unknown task {name!r}; choose from: {', '.join([*ALIASES, *TASKS])}")
+        names = [*ALIASES, *TASKS]
+        close = difflib.get_close_matches(name, names, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DllmPeftError(f"unknown task {name!r}{guess}; choose from: {', '.join(names)}")
     return TASKS[name]
 
 
