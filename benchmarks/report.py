@@ -17,6 +17,8 @@ markers is left as it is, and a file without a block's markers is not touched fo
   tokens, requests/s per task and suite) and the stopping settings it was chosen from;
 * `trajectory_router`: LoRA-Diffusion's router composing two task adapters (router weights, test losses);
 * `sampler`: the sampler's rows of `performance`, for `benchmarks/sampler/README.md`.
+* `sampler_preset`: `eval --sampler-preset fast` against the exact sampler on the default task (accuracy with the
+  paired difference and its interval, eval time).
 
 The performance table shows the log-likelihood's whole-suite rows (`suite_of`) when the results have them.
 
@@ -211,6 +213,27 @@ def render_sampler(results: dict[str, dict]) -> str:
     lines = ["| item | figure | goal | goal met |", "|---|---|---|---|"]
     lines += [f"| {item} | {figure} | {goal} | {met} |" for item, figure, goal, met in sampler_rows(results)]
     return "\n".join(lines) + "\n\n" + source_note(results, ["sampler"])
+
+
+def render_sampler_preset(results: dict[str, dict]) -> str:
+    """`eval --sampler-preset fast` against `exact` on the default task: accuracy, the paired difference, eval time."""
+    data = results.get("sampler_preset")
+    if not isinstance(data, dict):
+        return "No `sampler_preset.json` yet: run `nice python benchmarks/sampler/preset.py`."
+    lines = ["| preset | sampler settings | exact match, % (± s.e.) | eval CPU time |", "|---|---|---|---|"]
+    for preset, row in (data.get("presets") or {}).items():
+        settings = ", ".join(f"{key} {value}" for key, value in (row.get("settings") or {}).items()) or "one step per token"
+        lines.append(f"| `{preset}` | {settings} | {fmt(row.get('exact_match'), '.2f')} ± {fmt(row.get('stderr'), '.2f')} "
+                     f"| {fmt(row.get('eval_seconds'), '.2f', ' s')} |")
+    paired = data.get("paired") or {}
+    low, high = (paired.get("ci95_points") or [None, None])[:2]
+    return "\n".join(lines) + (
+        f"\n\n`fast` evaluates {fmt(data.get('speedup_fast_vs_exact'), '.1f', '×')} faster than `exact`; accuracy "
+        f"difference (fast − exact) {fmt(paired.get('difference_points'), '+.2f')} points, 95 % interval "
+        f"{fmt(low, '+.2f')} to {fmt(high, '+.2f')} (paired over {fmt(paired.get('documents'), '.0f')} prompts: only "
+        f"`fast` right on {fmt(paired.get('only_fast_right'), '.0f')}, only `exact` on "
+        f"{fmt(paired.get('only_exact_right'), '.0f')}). Adapter: {data.get('adapter', MISSING)}; task "
+        f"`{data.get('task', MISSING)}`; {data.get('clock', MISSING)}. (`{data.get('command', MISSING)}`)")
 
 
 def render_performance(results: dict[str, dict]) -> str:
@@ -470,6 +493,7 @@ def render_blocks(results_dir: Path, relative_to: Path) -> dict[str, str]:
         "loglikelihood_estimator": render_loglikelihood_estimator(results),
         "trajectory_router": render_trajectory_router(results),
         "sampler": render_sampler(results),
+        "sampler_preset": render_sampler_preset(results),
     }
 
 

@@ -124,7 +124,7 @@ def test_trajectory_router_block_has_a_row_per_model_and_task():
 def test_every_block_renders_from_no_results_at_all(tmp_path):
     blocks = report.render_blocks(tmp_path, tmp_path)
     assert set(blocks) == {"performance", "miniature", "timings", "loglikelihood", "loglikelihood_estimator",
-                           "trajectory_router", "sampler"}
+                           "trajectory_router", "sampler", "sampler_preset"}
     assert report.MISSING in blocks["performance"] and "No `miniature.json` yet" in blocks["miniature"]
     assert "No `loglikelihood_estimator.json` yet" in blocks["loglikelihood_estimator"]
 
@@ -254,3 +254,17 @@ def test_the_estimator_difference_interval_resamples_questions():
     assert one_sided["agreements"] == 10 and 0 < low < 10 < high <= 20
     mixed = difference([3, -3] * 20)
     assert mixed["agreements"] == 0 and mixed["ci95"][0] < 0 < mixed["ci95"][1]
+
+
+def test_the_sampler_preset_block_shows_both_presets_and_the_paired_difference():
+    data = {"presets": {"exact": {"exact_match": 35.94, "stderr": 4.26, "eval_seconds": 5.77, "settings": {}},
+                        "fast": {"exact_match": 34.38, "stderr": 4.2, "eval_seconds": 0.34,
+                                 "settings": {"threshold": 0.9, "cache": "dual"}}},
+            "speedup_fast_vs_exact": 16.97, "paired": {"documents": 128, "only_fast_right": 1, "only_exact_right": 3,
+                                                       "difference_points": -1.56, "ci95_points": [-4.6, 1.5]},
+            "adapter": "a", "task": "lastdigit", "clock": "c", "command": "python benchmarks/sampler/preset.py"}
+    block = report.render_sampler_preset({"sampler_preset": data})
+    assert "| `exact` | one step per token | 35.94 ± 4.26 | 5.77 s |" in block
+    assert "| `fast` | threshold 0.9, cache dual | 34.38 ± 4.20 | 0.34 s |" in block
+    assert "17.0× faster" in block and "−1.56 points, 95 % interval −4.60 to +1.50" in block.replace("-", "−")
+    assert "No `sampler_preset.json` yet" in report.render_sampler_preset({})
