@@ -151,3 +151,11 @@ def test_the_leader_must_beat_every_rival_not_only_the_runner_up():
 
     assert _settled(question(leader, runner_up), 1.25, 0.0, 128)  # beaten by ~40 standard errors
     assert not _settled(question(leader, runner_up, wide), 1.25, 0.0, 128)  # lead 5 over the wide one, s = 5.8
+
+
+def test_the_cli_defaults_are_the_estimator_s_own():
+    """config.py is a shared leaf and cannot import the estimator: its defaults are written twice, so check them."""
+    from dllm_peft.config import EvalConfig
+    from dllm_peft.diffusion.adaptive_likelihood import FUTILITY_SE, STOP_SE
+
+    assert (EvalConfig().mc_stop_se, EvalConfig().mc_futility_se) == (STOP_SE, FUTILITY_SE)

@@ -101,7 +101,7 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     refused([*argv, "--noise-level", "0.5", "--format", "gguf"], capsys, "unknown --format 'gguf'; choose one of: peft")
     save_adapter(random_adapter("houlsby"), tmp_path / "houlsby")
     houlsby = ["export", "--adapter", str(tmp_path / "houlsby"), "--output", str(tmp_path / "houlsby-peft")]
-    refused(houlsby, capsys, "houlsby adapters change no weight (bottleneck adapters")
+    refused(houlsby, capsys, "houlsby adapters have no low-rank update to fold into the base weights or to export (bottleneck")
     save_adapter(random_adapter("dora"), tmp_path / "dora")
     code, out, _ = run(["export", "--adapter", str(tmp_path / "dora"), "--output", str(tmp_path / "dora-peft")], capsys)
     assert code in (0, None) and "exported the dora adapter as a PEFT DoRA (rank 4, 8 modules)" in out

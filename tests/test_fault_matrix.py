@@ -147,7 +147,7 @@ CASES = [
      "would replace the input"),
     ("merge-output-not-empty", ["merge", "--adapter", "{in}/lora", "--output", "{in}/nara"], "is not empty"),
     ("merge-output-in-proc", ["merge", "--adapter", "{in}/lora", "--output", "/proc/merged"], "lies inside /proc"),
-    ("export-houlsby", ["export", "--adapter", "{in}/houlsby", "--output", "{out}/p"], "export writes weight updates only"),
+    ("export-houlsby", ["export", "--adapter", "{in}/houlsby", "--output", "{out}/p"], "no low-rank update to fold into the base weights or to export"),
     ("export-unknown-format", ["export", "--adapter", "{in}/lora", "--format", "gguf"], "unknown --format 'gguf'"),
     ("export-noise-level-inf", ["export", "--adapter", "{in}/nara", "--noise-level", "inf"], "--noise-level must lie"),
     ("export-output-under-file", ["export", "--adapter", "{in}/lora", "--output", "{in}/a-file/p"], "under the file"),

@@ -72,14 +72,13 @@ def peft_kind(parts: AdapterParts) -> str:
     return "lora"
 
 
-def peft_lora_tensors(parts: AdapterParts, noise_level: float | None):
-    """PEFT tensors of every adapted module (in the form `peft_kind` names), and each module's rank.
+def peft_tensors(parts: AdapterParts, kind: str, noise_level: float | None):
+    """PEFT tensors of every adapted module in the form `kind` (`peft_kind`), and each module's rank.
 
     Returns:
         ({PEFT key: tensor}, {module name: rank}); the A factors are (r, in), the B factors (out, r), a DoRA
         magnitude (out,).
     """
-    kind = peft_kind(parts)
     tensors, ranks = {}, {}
     for name, layer in parts.layers.items():
         prefix = f"{PEFT_PREFIX}{name}"
@@ -100,10 +99,10 @@ def peft_lora_tensors(parts: AdapterParts, noise_level: float | None):
     return tensors, ranks
 
 
-def peft_lora_config(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
+def peft_config(parts: AdapterParts, kind: str, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
     """PEFT's `adapter_config.json` for the exported factors (scale folded into the B factor, so alpha = r)."""
-    hira = peft_kind(parts) == "hira"
-    fields = _hira_fields(parts, ranks, base) if hira else _lora_fields(parts, ranks, base)
+    hira = kind == "hira"
+    fields = _hira_fields(parts, ranks, base) if hira else _lora_fields(parts, ranks, base, dora=kind == "dora")
     try:
         import peft
     except ImportError:  # peft is optional at run time: write the fields PEFT has accepted for many releases
@@ -115,7 +114,7 @@ def peft_lora_config(parts: AdapterParts, ranks: dict[str, int], base: BaseRefer
     return config
 
 
-def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference) -> dict[str, Any]:
+def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference, dora: bool) -> dict[str, Any]:
     rank = collections.Counter(ranks.values()).most_common(1)[0][0]
     others = {name: module_rank for name, module_rank in ranks.items() if module_rank != rank}
     return {
@@ -131,7 +130,7 @@ def _lora_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
-        "use_dora": peft_kind(parts) == "dora",
+        "use_dora": dora,
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
@@ -161,7 +160,7 @@ def _hira_fields(parts: AdapterParts, ranks: dict[str, int], base: BaseReference
 PEFT_FORMS = {"lora": "PEFT LoRA", "dora": "PEFT DoRA", "hira": "PEFT HiRA"}  # for the user; DoRA is LoRA + use_dora
 
 
-def model_card(parts: AdapterParts, level: float | None, base: BaseReference, peft_config: dict[str, Any]) -> str:
+def model_card(parts: AdapterParts, kind: str, level: float | None, base: BaseReference, config: dict[str, Any]) -> str:
     """README.md of an export: method (λ for a noise-dependent one), data and steps when recorded, how to load it."""
     method = parts.method.name
     at = ""
@@ -192,10 +191,10 @@ def model_card(parts: AdapterParts, level: float | None, base: BaseReference, pe
         f"# {method} adapter exported by dllm-peft {__version__}",
         "",
         (
-            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock {PEFT_FORMS[peft_kind(parts)]}: rank "
-            f"{peft_config['r']}, {len(peft_config['target_modules'])} modules, scale folded into the B factor"
+            f"A **{method}** adapter ({parts.method.summary}){at}, written as a stock {PEFT_FORMS[kind]}: rank "
+            f"{config['r']}, {len(config['target_modules'])} modules, scale folded into the B factor"
             + {"hira": " (PEFT's HiRA has no scale).", "dora": " (`lora_alpha` = r), magnitude in "
-               "`lora_magnitude_vector` (`use_dora`: true)."}.get(peft_kind(parts), " (`lora_alpha` = r).")
+               "`lora_magnitude_vector` (`use_dora`: true)."}.get(kind, " (`lora_alpha` = r).")
         ),
         "",
         trained,
@@ -224,21 +223,17 @@ def export_adapter(config: ExportConfig) -> ExportResult:
     """Write the adapter of `config.adapter` as a PEFT directory (with a model card) at `config.output`."""
     check_output_path(config.output)  # before any work
     parts = standalone_adapter(config.adapter)
-    if not parts.method.mergeable:
-        raise DllmPeftError(
-            f"{parts.method.name} adapters change no weight ({parts.method.summary}), and export writes weight "
-            "updates only (PEFT LoRA, DoRA, HiRA); use them with dllm-peft as they are"
-        )
     level = merge_noise_level(parts.method, config.noise_level)
     output = Path(config.output)
     check_directory_output(output, config.overwrite, [Path(config.adapter)], "export")
-    tensors, ranks = peft_lora_tensors(parts, level)
+    kind = peft_kind(parts)
+    tensors, ranks = peft_tensors(parts, kind, level)
     base = base_reference(parts.record.get("base_model"))
-    peft_config = peft_lora_config(parts, ranks, base)
+    config_fields = peft_config(parts, kind, ranks, base)
     provenance = {"adapter": str(config.adapter), "method": parts.method.name, "noise_level": level}
     metadata = {"format": "pt", "dllm_peft_export": json.dumps({**provenance, "dllm_peft_version": __version__})}
     with replaced_when_complete(output, "export") as staging:
         save_file(tensors, str(staging / PEFT_WEIGHTS_FILE), metadata=metadata)
-        (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
-        (staging / MODEL_CARD_FILE).write_text(model_card(parts, level, base, peft_config))
-    return ExportResult(output, parts.method.name, level, len(ranks), peft_config["r"], PEFT_FORMS[peft_kind(parts)])
+        (staging / PEFT_CONFIG_FILE).write_text(json.dumps(config_fields, indent=2, sort_keys=True) + "\n")
+        (staging / MODEL_CARD_FILE).write_text(model_card(parts, kind, level, base, config_fields))
+    return ExportResult(output, parts.method.name, level, len(ranks), config_fields["r"], PEFT_FORMS[kind])

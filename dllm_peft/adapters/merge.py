@@ -65,7 +65,8 @@ def merge_noise_level(method: Method, noise_level: float | None) -> float | None
     """
     if not method.mergeable:
         raise DllmPeftError(
-            f"{method.name} adapters cannot be folded into the base weights ({method.summary}); use them as adapters"
+            f"{method.name} adapters have no low-rank update to fold into the base weights or to export "
+            f"({method.summary}); use them as adapters"
         )
     if not method.noise_dependent:
         return None

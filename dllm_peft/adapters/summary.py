@@ -96,17 +96,12 @@ def standalone_adapter(path: str | Path) -> AdapterParts:
                     f"tensor {key!r} in {str(path)!r} has shape {tuple(tensors[key].shape)}, its metadata implies "
                     f"{tuple(target.shape)}; the file is damaged"
                 )
-            if target.is_meta:  # derived from the weightless base (DoRA's m): the file holds its value
-                continue
-            target.copy_(tensors[key])
-        for name, layer in layers.items():
-            for key, target in layer.adapter_parameters():
-                if target.is_meta:
-                    owner, _, attribute = key.rpartition(".")
-                    value = tensors[f"{name}.{key}"].clone()
-                    module = layer.get_submodule(owner) if owner else layer
-                    setattr(module, attribute, nn.Parameter(value, requires_grad=False) if
-                            isinstance(target, nn.Parameter) else value)
+            if not target.is_meta:  # a meta one derives from the weightless base (DoRA's m): assigned below
+                target.copy_(tensors[key])
+    for name, layer in layers.items():
+        derived = {key: tensors[f"{name}.{key}"] for key, target in layer.adapter_parameters() if target.is_meta}
+        if derived:
+            layer.load_state_dict(derived, strict=False, assign=True)
     for layer in layers.values():
         layer.eval()
     trainable = sum(t.numel() for t in expected.values() if isinstance(t, nn.Parameter))
